@@ -1,0 +1,8 @@
+"""Data layer: VOC readers and datasets (``voc``), SBD trainaug (``sbd``), the synthetic sample
+(``sample``), augmentation presets (``transforms``), the LightningDataModule (``datamodule``)
+and the downloader (``download``). Import from the submodules; this package stays import-light.
+"""
+
+from seg.data.errors import BadSampleError, DatasetNotFoundError
+
+__all__ = ["BadSampleError", "DatasetNotFoundError"]

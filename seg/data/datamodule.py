@@ -1,0 +1,210 @@
+"""The LightningDataModule for VOC segmentation, SBD trainaug, the synthetic sample and
+single-object localization (the dataset class is a Hydra ``_partial_`` node, not a string).
+
+Batches: ``{"image": float32 (B, 3, H, W), "mask": int64 (B, H, W), "id": list[str]}`` for
+segmentation; localization adds ``"label"`` int64 (B,) and ``"box"`` float32 (B, 4).
+
+Distributed: Trainer configs set ``use_distributed_sampler: false`` and the samplers are built
+here. Training shards with ``DistributedSampler`` (shuffled, seeded, padded); evaluation uses
+:class:`ShardSampler` (``indices[rank::world_size]``, never padded), so every image is scored
+exactly once and DDP metrics equal single-process ones. Ranks may then run a different number
+of eval steps, which is fine because metrics are synced once, at ``compute()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    default_collate,
+)
+
+from seg.constants import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
+from seg.data.sample import ensure_sample
+from seg.data.sbd import check_no_leak
+from seg.data.voc import VOCSegmentation
+
+
+def _as_chw(image: Any) -> torch.Tensor:
+    """Tensor (3, H, W); numpy images (H, W, 3) from transform-free datasets are permuted."""
+    if isinstance(image, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    return image
+
+
+def pad_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples of different sizes, padding at the bottom/right to the batch maximum.
+
+    Images (3, H, W) are padded with 0 and masks (H, W) with ``IGNORE_INDEX``, so padding never
+    counts in the loss or the metrics. ``id`` stays a list; other keys use ``default_collate``.
+
+    Returns:
+        dict with ``image`` (B, 3, Hmax, Wmax), ``mask`` (B, Hmax, Wmax) int64, ``id`` list[str].
+    """
+    images = [_as_chw(s["image"]) for s in samples]
+    hmax = max(x.shape[-2] for x in images)
+    wmax = max(x.shape[-1] for x in images)
+
+    def pad(x: torch.Tensor, value: float) -> torch.Tensor:
+        return F.pad(x, (0, wmax - x.shape[-1], 0, hmax - x.shape[-2]), value=value)
+
+    batch: dict[str, Any] = {"image": torch.stack([pad(x, 0) for x in images])}  # (B, 3, H, W)
+    if "mask" in samples[0]:
+        masks = [torch.as_tensor(s["mask"], dtype=torch.int64) for s in samples]
+        batch["mask"] = torch.stack([pad(m, IGNORE_INDEX) for m in masks])  # (B, H, W)
+    batch["id"] = [s["id"] for s in samples]
+    rest = [{k: v for k, v in s.items() if k not in batch} for s in samples]
+    if rest[0]:
+        batch.update(default_collate(rest))
+    return batch
+
+
+class ShardSampler(Sampler[int]):
+    """``range(n)[rank::world_size]``: disjoint, unpadded shards that together cover every index
+    exactly once (unlike ``DistributedSampler``, which pads with duplicates)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        self.n, self.num_replicas, self.rank = len(dataset), num_replicas, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.num_replicas))
+
+
+class VOCDataModule(L.LightningDataModule):
+    """PASCAL VOC (or its synthetic stand-in) for Lightning.
+
+    Args:
+        root: folder containing ``VOC2012/`` (e.g. ``data/VOCdevkit``).
+        train_split: training list name (``train``, ``train_aug``, ``trainval``).
+        split: evaluation list used by validate/test/predict (``val``).
+        train_transform: albumentations pipeline for training.
+        eval_transform: albumentations pipeline for evaluation (full image).
+        batch_size: training batch size (per process).
+        eval_batch_size: evaluation batch size; 1 keeps results independent of padding.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory (GPU training).
+        persistent_workers: keep workers alive between epochs (only with ``num_workers > 0``).
+        skip_bad: skip unreadable samples with a warning instead of raising BadSampleError.
+        dataset: partial ``(root, split=, transform=, skip_bad=) -> Dataset``; default
+            :class:`VOCSegmentation`. E.g. ``VOCLocalization`` for localization.
+        train_dataset: partial for the training set only (SBD trainaug); default ``dataset``.
+        generate_sample: ``{n_train, n_val, seed, ...}`` to generate the synthetic sample into
+            ``root`` in ``prepare_data`` when it is missing; ``None`` for real data.
+        seed: shuffling seed of the distributed training sampler.
+        drop_last: drop the last incomplete training batch (when there is more than one batch).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        train_split: str = "train",
+        split: str = "val",
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int = 1,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        skip_bad: bool = False,
+        dataset: Callable[..., Dataset] | None = None,
+        train_dataset: Callable[..., Dataset] | None = None,
+        generate_sample: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        drop_last: bool = True,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        self.train_split, self.split = train_split, split
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.skip_bad, self.seed, self.drop_last = skip_bad, seed, drop_last
+        self.dataset = dataset or VOCSegmentation
+        self.train_dataset = train_dataset or self.dataset
+        self.generate_sample = dict(generate_sample) if generate_sample is not None else None
+        self.data_train: Dataset | None = None
+        self.data_eval: Dataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return VOC_CLASSES
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic sample once (rank 0 only; a no-op when it is complete)."""
+        if self.generate_sample is not None:
+            ensure_sample(self.root, **self.generate_sample)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets; raises DatasetNotFoundError when the data is missing."""
+        if self.generate_sample is not None and self.trainer is None:
+            self.prepare_data()  # used without a Trainer (scripts, notebooks)
+        if stage in (None, "fit") and self.data_train is None:
+            self.data_train = self._build(
+                self.train_dataset, self.train_split, self.train_transform
+            )
+        if self.data_eval is None:
+            self.data_eval = self._build(self.dataset, self.split, self.eval_transform)
+        if stage in (None, "fit"):
+            train_ids, eval_ids = (getattr(d, "ids", ()) for d in (self.data_train, self.data_eval))
+            check_no_leak(train_ids, eval_ids, f"{self.train_split!r} training")
+
+    def _build(self, factory: Callable[..., Dataset], split: str, transform) -> Dataset:
+        return factory(self.root, split=split, transform=transform, skip_bad=self.skip_bad)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, data: Dataset, sampler: Sampler, batch_size: int, drop_last=False):
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=pad_collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self._world()
+        if world > 1:
+            sampler = DistributedSampler(
+                self.data_train, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+            )
+        else:
+            sampler = RandomSampler(self.data_train)
+        drop_last = self.drop_last and len(sampler) > self.batch_size
+        return self._loader(self.data_train, sampler, self.batch_size, drop_last)
+
+    def _eval_loader(self) -> DataLoader:
+        world, rank = self._world()
+        if world > 1:
+            sampler = ShardSampler(self.data_eval, num_replicas=world, rank=rank)
+        else:
+            sampler = SequentialSampler(self.data_eval)
+        return self._loader(self.data_eval, sampler, self.eval_batch_size)
+
+    val_dataloader = test_dataloader = predict_dataloader = _eval_loader

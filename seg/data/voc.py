@@ -1,0 +1,407 @@
+"""PASCAL VOC 2012 readers: images, palette masks, XML boxes, and the two datasets.
+
+Layout (``root`` is the folder that contains ``VOC2012/``, e.g. ``data/VOCdevkit``)::
+
+    VOC2012/JPEGImages/<id>.jpg
+    VOC2012/SegmentationClass/<id>.png      palette PNG: pixel value = class index, 255 = void
+    VOC2012/Annotations/<id>.xml            boxes, 1-based pixel coordinates
+    VOC2012/ImageSets/{Segmentation,Main}/<split>.txt
+
+Dataset: Everingham et al., "The PASCAL Visual Object Classes Challenge"
+(http://host.robots.ox.ac.uk/pascal/VOC/voc2012/).
+
+Bad samples raise :class:`BadSampleError`. With ``skip_bad=True`` a dataset logs a warning and
+returns the next valid sample instead, so its length (and every sampler built on it) stays fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+from torch.utils.data import Dataset
+
+from seg.constants import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE
+from seg.data.errors import BadSampleError, DatasetNotFoundError
+
+__all__ = [
+    "IGNORE_INDEX",
+    "VOC_CLASSES",
+    "VOC_PALETTE",
+    "VOCLocalization",
+    "VOCSegmentation",
+    "parse_annotation",
+    "read_ids",
+    "read_image",
+    "read_mask",
+]
+
+log = logging.getLogger(__name__)
+
+_VALID_LABELS = np.array([*range(NUM_CLASSES), IGNORE_INDEX])
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _open(path: Path) -> Image.Image:
+    """Open and fully decode ``path``; truncated or corrupt files raise BadSampleError."""
+    if not path.is_file():
+        raise BadSampleError(f"{path}: file not found")
+    # Truncated files must fail loudly; never decode them with a grey tail.
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False")
+    try:
+        img = Image.open(path)
+        img.load()
+    except _PIL_ERRORS as e:
+        raise BadSampleError(f"{path}: cannot decode image ({e})") from e
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read any image as RGB, upright (EXIF orientation applied).
+
+    Handles L, LA, P, RGBA, CMYK, I;16 and friends. 16/32-bit grey is rescaled to 8 bit.
+
+    Returns:
+        uint8 array (H, W, 3).
+
+    Raises:
+        BadSampleError: missing, truncated or undecodable file.
+    """
+    path = Path(path)
+    img = _open(path)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except _PIL_ERRORS as e:  # malformed EXIF
+        raise BadSampleError(f"{path}: cannot apply EXIF orientation ({e})") from e
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        grey = np.asarray(img, dtype=np.float64)  # (H, W)
+        grey = grey / 257.0 if grey.max() > 255 else grey
+        return np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    return np.array(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+
+
+def _colour_lut() -> dict[int, int]:
+    """Packed RGB colour -> label, for labels 0..20 and 255."""
+    pal = np.asarray(VOC_PALETTE).reshape(256, 3)
+    return {
+        int(r) << 16 | int(g) << 8 | int(b): int(k)
+        for k, (r, g, b) in enumerate(pal)
+        if k < NUM_CLASSES or k == IGNORE_INDEX
+    }
+
+
+def _rgb_to_labels(rgb: np.ndarray, path: Path) -> np.ndarray:
+    """Map a VOC-coloured RGB mask (H, W, 3) to labels (H, W); unknown colours are an error."""
+    packed = rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64) << 8 | rgb[..., 2]
+    colours, inverse = np.unique(packed, return_inverse=True)
+    lut = _colour_lut()
+    unknown = [f"#{c:06x}" for c in colours.tolist() if c not in lut]
+    if unknown:
+        raise BadSampleError(f"{path}: RGB mask has non-VOC colours {unknown[:5]}")
+    return np.array([lut[c] for c in colours.tolist()], dtype=np.int64)[
+        inverse.reshape(packed.shape)
+    ]
+
+
+def validate_mask(mask: np.ndarray, path: str | Path) -> np.ndarray:
+    """Check that every value is a VOC label (0..20) or void (255); return it as int64 (H, W)."""
+    if mask.dtype == np.uint8:  # fast path for PNG masks
+        bad = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[NUM_CLASSES:IGNORE_INDEX])
+        bad += NUM_CLASSES
+    else:
+        bad = np.setdiff1d(np.unique(mask), _VALID_LABELS)
+    if bad.size:
+        raise BadSampleError(f"{path}: mask values {bad[:5].tolist()} outside {{0..20, 255}}")
+    return mask.astype(np.int64, copy=False)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a label mask: palette INDICES of a "P" PNG (never its colours), or grey/16-bit values.
+
+    RGB masks are accepted when every colour is a VOC palette colour.
+
+    Returns:
+        int64 array (H, W) with values in 0..20 and 255.
+
+    Raises:
+        BadSampleError: missing/corrupt file, unknown colour or value outside {0..20, 255}.
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode in ("P", "L", "I;16", "I;16B", "I;16L", "I"):
+        mask = np.asarray(img)  # (H, W) indices
+    elif img.mode in ("RGB", "RGBA"):
+        mask = _rgb_to_labels(np.asarray(img.convert("RGB")), path)
+    else:
+        raise BadSampleError(f"{path}: unsupported mask mode {img.mode!r}")
+    return validate_mask(mask, path)
+
+
+def _reject_entities(data: bytes, path: Path) -> None:
+    """Refuse DTDs: ElementTree would expand internal entities (billion laughs)."""
+    head = data.upper()
+    if b"<!DOCTYPE" in head or b"<!ENTITY" in head:
+        raise BadSampleError(f"{path}: XML with DOCTYPE/ENTITY declarations is refused")
+
+
+def _box(obj: ET.Element, path: Path) -> list[float]:
+    try:
+        bb = obj.find("bndbox")
+        # VOC is 1-based and inclusive; subtract 1 from all four, as the devkit does.
+        box = [float(bb.findtext(k)) - 1.0 for k in ("xmin", "ymin", "xmax", "ymax")]
+    except (AttributeError, TypeError, ValueError) as e:
+        raise BadSampleError(f"{path}: object without a valid <bndbox>") from e
+    if box[2] < box[0] or box[3] < box[1]:
+        raise BadSampleError(f"{path}: degenerate box {box}")
+    return box
+
+
+def parse_annotation(xml_path: str | Path) -> dict[str, Any]:
+    """Parse a VOC ``Annotations/<id>.xml``.
+
+    Returns:
+        dict with ``boxes`` float32 (N, 4) xyxy 0-based (inclusive pixel indices), ``labels``
+        int64 (N,) in 1..20, ``difficult`` bool (N,), ``truncated`` bool (N,), ``width``,
+        ``height`` (ints from ``<size>``).
+
+    Raises:
+        BadSampleError: missing/malformed file, DTD present, unknown class, bad box, no objects.
+    """
+    path = Path(xml_path)
+    if not path.is_file():
+        raise BadSampleError(f"{path}: annotation file not found")
+    data = path.read_bytes()
+    _reject_entities(data, path)
+    try:
+        root = ET.fromstring(data)
+        width, height = (int(root.findtext(f"size/{k}", "0")) for k in ("width", "height"))
+    except (ET.ParseError, ValueError) as e:
+        raise BadSampleError(f"{path}: malformed XML ({e})") from e
+    boxes, labels, difficult, truncated = [], [], [], []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in VOC_CLASSES[1:]:
+            raise BadSampleError(f"{path}: unknown class {name!r}")
+        boxes.append(_box(obj, path))
+        labels.append(VOC_CLASSES.index(name))
+        difficult.append((obj.findtext("difficult") or "0").strip() == "1")
+        truncated.append((obj.findtext("truncated") or "0").strip() == "1")
+    if not boxes:
+        raise BadSampleError(f"{path}: annotation has no <object>")
+    return {
+        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        "labels": np.asarray(labels, dtype=np.int64),
+        "difficult": np.asarray(difficult, dtype=bool),
+        "truncated": np.asarray(truncated, dtype=bool),
+        "width": width,
+        "height": height,
+    }
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Read an ImageSets list: one id per line (extra columns, as in ``Main/<cls>_train.txt``,
+    are ignored)."""
+    return [ln.split()[0] for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def dataset_not_found(root: str | Path, what: Path, sbd: bool = False) -> DatasetNotFoundError:
+    """Build the human "dataset missing" error (text from ``seg.data.download`` when present)."""
+    try:
+        from seg.data.download import missing_dataset_message
+
+        msg = missing_dataset_message(root, sbd=sbd)
+    except Exception:  # download.py may be absent or broken; the plain text still helps
+        msg = (
+            f"PASCAL VOC 2012 was not found under {root}. Run `python -m seg.data.download` "
+            "or train on the synthetic sample: `python train.py experiment=quickstart`."
+        )
+    return DatasetNotFoundError(f"{msg}\n(missing: {what})")
+
+
+class _VOCBase(Dataset):
+    """Shared plumbing: locate files, read the id list, skip bad samples on request."""
+
+    list_dir = "Segmentation"
+
+    def __init__(self, root: str | Path, split: str, transform: Callable | None, skip_bad: bool):
+        self.root = Path(root)
+        self.voc = self.root / "VOC2012"
+        self.split = split
+        self.transform = transform
+        self.skip_bad = skip_bad
+        self._bad: set[int] = set()
+        self.ids = self._read_ids()
+
+    def _require(self, path: Path, sbd: bool = False) -> Path:
+        if not path.exists():
+            raise dataset_not_found(self.root, path, sbd=sbd)
+        return path
+
+    def _read_ids(self) -> list[str]:
+        self._require(self.voc / "JPEGImages")
+        return read_ids(self._require(self.voc / "ImageSets" / self.list_dir / f"{self.split}.txt"))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Load sample ``index``; with ``skip_bad`` fall through to the next valid one."""
+        if not -len(self.ids) <= index < len(self.ids):
+            raise IndexError(f"index {index} out of range for {len(self.ids)} samples")
+        for step in range(len(self.ids)):
+            i = (index + step) % len(self.ids)
+            if i in self._bad:
+                continue
+            try:
+                return self.load(i)
+            except BadSampleError as e:
+                if not self.skip_bad:
+                    raise
+                log.warning("skipping bad sample %s: %s", self.ids[i], e)
+                self._bad.add(i)
+        raise BadSampleError(f"{self.voc}: every sample of split {self.split!r} is bad")
+
+    def load(self, i: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class VOCSegmentation(_VOCBase):
+    """VOC semantic segmentation: ``{"image", "mask", "id"}`` per item.
+
+    Without a transform: image uint8 (H, W, 3), mask int64 (H, W). With an albumentations
+    transform ending in ToTensorV2: image float32 (3, H', W'), mask int64 (H', W').
+
+    Args:
+        root: folder containing ``VOC2012/``.
+        split: name of ``ImageSets/Segmentation/<split>.txt``.
+        transform: albumentations-style callable ``transform(image=, mask=) -> dict``.
+        skip_bad: log and skip bad samples instead of raising BadSampleError.
+        mask_dir: ``SegmentationClass`` or ``SegmentationClassAug`` (SBD trainaug layout).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Callable | None = None,
+        skip_bad: bool = False,
+        mask_dir: str = "SegmentationClass",
+    ):
+        self.mask_dir = mask_dir
+        super().__init__(root, split, transform, skip_bad)
+
+    def mask_path(self, image_id: str) -> Path:
+        return self.voc / self.mask_dir / f"{image_id}.png"
+
+    def read_mask(self, image_id: str) -> np.ndarray:
+        """int64 (H, W) mask of ``image_id``; subclasses change the source (SBD ``.mat``)."""
+        return read_mask(self.mask_path(image_id))
+
+    def load(self, i: int) -> dict[str, Any]:
+        image_id = self.ids[i]
+        image = read_image(self.voc / "JPEGImages" / f"{image_id}.jpg")  # (H, W, 3)
+        mask = self.read_mask(image_id)  # (H, W)
+        if mask.shape != image.shape[:2]:
+            raise BadSampleError(
+                f"{self.mask_path(image_id)}: mask size {mask.shape[::-1]} != "
+                f"image size {image.shape[1::-1]} (W, H)"
+            )
+        if self.transform is None:
+            return {"image": image, "mask": mask, "id": image_id}
+        out = self.transform(image=image, mask=mask.astype(np.uint8))
+        m = out["mask"]
+        m = m.long() if isinstance(m, torch.Tensor) else m.astype(np.int64)
+        return {"image": out["image"], "mask": m, "id": image_id}
+
+
+class VOCLocalization(_VOCBase):
+    """Single-object localization: one box per image from ``Annotations/<id>.xml``.
+
+    Item: ``{"image", "label" (1..20), "box" float32 (4,) = (x, y, w, h) / (W, H, W, H), "id"}``,
+    plus ``"mask"`` when ``with_mask``. The box is the continuous extent of the chosen object
+    (pixels ``xmin..xmax`` inclusive cover ``[xmin, xmax + 1)``), and it follows geometric
+    transforms (the transform must be a Compose with ``BboxParams(format="pascal_voc",
+    label_fields=["labels"])``).
+
+    Args:
+        root: folder containing ``VOC2012/``.
+        split: name of ``ImageSets/<list_dir>/<split>.txt``.
+        transform: albumentations Compose with bbox_params.
+        select: ``"largest"`` non-difficult object (by box area) or the ``"first"`` non-difficult
+            one; all-difficult images fall back to all objects.
+        skip_bad: log and skip bad samples instead of raising.
+        list_dir: ``"Main"`` (all detection images) or ``"Segmentation"`` (those with masks).
+        with_mask: also return the segmentation mask (needs ``SegmentationClass/<id>.png``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Callable | None = None,
+        select: str = "largest",
+        skip_bad: bool = False,
+        list_dir: str = "Main",
+        with_mask: bool = False,
+    ):
+        if select not in ("largest", "first"):
+            raise ValueError(f"select must be 'largest' or 'first', got {select!r}")
+        self.select, self.list_dir, self.with_mask = select, list_dir, with_mask
+        super().__init__(root, split, transform, skip_bad)
+        self._require(self.voc / "Annotations")
+
+    def choose(self, ann: dict[str, Any]) -> int:
+        """Index of the object to localise in ``ann`` (see ``select``)."""
+        cand = np.flatnonzero(~ann["difficult"])
+        cand = cand if cand.size else np.arange(len(ann["labels"]))
+        if self.select == "first":
+            return int(cand[0])
+        wh = ann["boxes"][cand, 2:] - ann["boxes"][cand, :2] + 1  # (n, 2) inclusive extent
+        return int(cand[np.argmax(wh[:, 0] * wh[:, 1])])  # first of equal areas wins
+
+    def load(self, i: int) -> dict[str, Any]:
+        image_id = self.ids[i]
+        image = read_image(self.voc / "JPEGImages" / f"{image_id}.jpg")  # (H, W, 3)
+        ann = parse_annotation(self.voc / "Annotations" / f"{image_id}.xml")
+        k = self.choose(ann)
+        label = int(ann["labels"][k])
+        h, w = image.shape[:2]
+        x1, y1, x2, y2 = ann["boxes"][k].tolist()
+        box = [max(x1, 0), max(y1, 0), min(x2 + 1, w), min(y2 + 1, h)]  # continuous xyxy
+        item = {"image": image, "label": label, "id": image_id}
+        if self.with_mask:
+            path = self.voc / "SegmentationClass" / f"{image_id}.png"
+            item["mask"] = read_mask(path)  # (H, W)
+            if item["mask"].shape != (h, w):
+                raise BadSampleError(f"{path}: mask size differs from the image ({w}x{h})")
+        if self.transform is not None:
+            box = self._apply(item, box)
+            img = item["image"]
+            h, w = img.shape[-2:] if isinstance(img, torch.Tensor) else img.shape[:2]
+        item["box"] = np.array(  # (4,) normalised (x, y, w, h)
+            [box[0] / w, box[1] / h, (box[2] - box[0]) / w, (box[3] - box[1]) / h], np.float32
+        )
+        return item
+
+    def _apply(self, item: dict[str, Any], box: list[float]) -> list[float]:
+        """Run the transform on ``item`` in place; return the moved pixel box (xyxy)."""
+        extra = {"mask": item["mask"].astype(np.uint8)} if "mask" in item else {}
+        out = self.transform(
+            image=item["image"],
+            bboxes=np.asarray([box], np.float32),
+            labels=[item["label"]],
+            **extra,
+        )
+        if len(out["bboxes"]) != 1:
+            raise BadSampleError(f"{item['id']}: the transform dropped the box {box}")
+        item["image"] = out["image"]
+        if extra:
+            item["mask"] = torch.as_tensor(np.asarray(out["mask"]), dtype=torch.int64)
+        return [float(v) for v in out["bboxes"][0]]

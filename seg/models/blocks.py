@@ -1,0 +1,117 @@
+"""Small building blocks shared by the networks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_bn_relu(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 3,
+    dilation: int = 1,
+    batch_norm: bool = True,
+) -> nn.Sequential:
+    """``Conv2d -> [BatchNorm2d] -> ReLU`` with "same" padding.
+
+    Args:
+        in_channels: Input channels C_in.
+        out_channels: Output channels C_out.
+        kernel_size: Odd kernel size.
+        dilation: Dilation of the convolution; padding keeps H and W unchanged.
+        batch_norm: Insert a BatchNorm2d (then the conv has no bias).
+
+    Returns:
+        A module mapping (B, C_in, H, W) to (B, C_out, H, W).
+    """
+    padding = dilation * (kernel_size - 1) // 2
+    layers: list[nn.Module] = [
+        nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            padding=padding,
+            dilation=dilation,
+            bias=not batch_norm,
+        )
+    ]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
+    """Weights that make a ``ConvTranspose2d`` perform bilinear upsampling, channel-wise.
+
+    The same construction as the FCN reference (``surgery.interp``), see
+    Long et al., https://arxiv.org/abs/1411.4038.
+
+    Args:
+        channels: C; the kernel is diagonal over channels (no cross-channel mixing).
+        kernel_size: K, usually ``2 * stride``.
+
+    Returns:
+        Tensor of shape (C, C, K, K).
+    """
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    og = torch.arange(kernel_size, dtype=torch.float64)
+    filt_1d = 1 - (og - center).abs() / factor
+    filt = filt_1d[:, None] * filt_1d[None, :]
+    weight = torch.zeros(channels, channels, kernel_size, kernel_size, dtype=torch.float64)
+    weight[range(channels), range(channels)] = filt
+    return weight.float()
+
+
+def bilinear_upsample_layer(
+    channels: int, stride: int, trainable: bool = True
+) -> nn.ConvTranspose2d:
+    """A ``ConvTranspose2d(C, C, 2s, stride=s, padding=s//2)`` initialised to bilinear upsampling.
+
+    With ``kernel_size = 2 * stride`` and ``padding = stride // 2`` (even stride) the output is
+    exactly ``stride`` times the input size and, away from the borders, equals
+    ``F.interpolate(x, scale_factor=stride, mode="bilinear", align_corners=False)``.
+
+    Args:
+        channels: C, input and output channels.
+        stride: Upsampling factor s (even, or 1).
+        trainable: If False the weights are frozen (FCN's fixed final upsampling variant).
+
+    Returns:
+        A layer mapping (B, C, H, W) to (B, C, s*H, s*W).
+    """
+    kernel_size = 2 * stride
+    layer = nn.ConvTranspose2d(
+        channels, channels, kernel_size, stride=stride, padding=stride // 2, bias=False
+    )
+    with torch.no_grad():
+        layer.weight.copy_(bilinear_kernel(channels, kernel_size))
+    layer.weight.requires_grad_(trainable)
+    return layer
+
+
+@torch.jit.script_if_tracing
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant") -> torch.Tensor:
+    """Pad the bottom and right of ``x`` so that H and W become multiples of ``multiple``.
+
+    Shape-generic on purpose: no early return, and scripted when traced, so TorchScript and ONNX
+    exports keep a dynamic height and width.
+
+    Args:
+        x: (B, C, H, W).
+        multiple: Target divisor m, e.g. the net's output stride.
+        mode: ``"constant"`` (zeros), ``"reflect"`` or ``"replicate"``. Reflection needs the pad
+            to be smaller than the side; tiny inputs fall back to ``"replicate"``.
+
+    Returns:
+        (B, C, ceil(H / m) * m, ceil(W / m) * m).
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    pad_h = (multiple - h % multiple) % multiple
+    pad_w = (multiple - w % multiple) % multiple
+    if mode == "reflect" and (pad_h >= h or pad_w >= w):
+        mode = "replicate"
+    return F.pad(x, [0, pad_w, 0, pad_h], mode=mode)

@@ -1,0 +1,102 @@
+"""``python train.py``: fit, validate the best checkpoint, write ``metrics.json``.
+
+Everything is built from the Hydra config with ``instantiate``; see ``conf/train.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from seg.callbacks import StoreConfig
+from seg.constants import VOC_CLASSES
+from seg.data.errors import DatasetNotFoundError
+from seg.utils import instantiate_all, write_json
+
+log = logging.getLogger(__name__)
+
+
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    """The LightningModule of ``cfg.model`` with the optimizer and scheduler groups plugged in."""
+    return instantiate(cfg.model, optimizer=cfg.get("optimizer"), scheduler=cfg.get("scheduler"))
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run directory (Hydra's, or ``cfg.paths.output_dir`` outside a Hydra app)."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.paths.output_dir)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run fit (optionally resuming from ``cfg.ckpt_path``), then validate the best checkpoint.
+
+    Args:
+        cfg: The composed ``train`` config.
+
+    Returns:
+        The metrics written to ``<run dir>/metrics.json``.
+    """
+    start = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True)
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
+
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    callbacks = [*instantiate_all(cfg.get("callbacks")), StoreConfig(resolved)]
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.interrupted:
+        log.warning("Training was interrupted; not validating.")
+        return {}
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    results: dict[str, Any] = {}
+    if cfg.get("validate_best") and not trainer.fast_dev_run:
+        ckpt = best or None
+        results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)[0]
+    else:
+        results = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {
+        **{k: float(v) for k, v in results.items()},
+        **extra_metrics(module),
+        "best_checkpoint": best,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(time.perf_counter() - start, 2),
+    }
+    if trainer.is_global_zero:
+        write_json(out / "metrics.json", metrics)
+        log.info("Metrics written to %s", out / "metrics.json")
+    return metrics
+
+
+def extra_metrics(module: L.LightningModule) -> dict[str, Any]:
+    """Per-class IoU (class name -> value, None when absent) of the module's last validation."""
+    per_class = (getattr(module, "last_val_metrics", None) or {}).get("per_class_IoU")
+    if per_class is None:
+        return {}
+    values = [None if v != v else float(v) for v in per_class.tolist()]
+    return {"per_class_IoU": dict(zip(VOC_CLASSES, values, strict=True))}
+
+
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Entry point: friendly errors instead of tracebacks for missing data."""
+    try:
+        return train(cfg)
+    except DatasetNotFoundError as err:
+        print(f"\n{err}\n", file=sys.stderr)
+        sys.exit(2)

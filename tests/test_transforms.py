@@ -1,0 +1,83 @@
+"""Augmentation presets (conf/augment/*.yaml): shapes, label values, padding, boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seg.data.transforms import denormalize, load_preset
+from seg.data.voc import VOCLocalization, VOCSegmentation
+
+VALID = set(range(21)) | {255}
+
+
+def _image_and_mask(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = rng.choice([*range(21), 255], size=(h, w)).astype(np.uint8)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8), mask
+
+
+@pytest.mark.parametrize(("name", "crop"), [("voc", 320), ("sample", 160)])
+def test_train_preset_crops_and_keeps_labels(name, crop):
+    t = load_preset(name, "train")
+    t.set_random_seed(0)
+    image, mask = _image_and_mask(187, 251)
+    for _ in range(4):
+        out = t(image=image, mask=mask)
+        assert out["image"].shape == (3, crop, crop) and out["image"].dtype == torch.float32
+        assert out["mask"].shape == (crop, crop)
+        assert set(torch.unique(out["mask"]).tolist()) <= VALID  # nearest: no blended labels
+
+
+def test_train_preset_pads_mask_with_255():
+    t = load_preset("voc", "train", crop_size=321)
+    image = np.full((61, 47, 3), 200, np.uint8)
+    expected = -torch.tensor([0.485, 0.456, 0.406]) / torch.tensor([0.229, 0.224, 0.225])
+    for seed in range(6):
+        t.set_random_seed(seed)
+        out = t(image=image, mask=np.zeros((61, 47), np.uint8))  # at most 2x: 122 x 94 < 321
+        mask = out["mask"]
+        assert set(torch.unique(mask).tolist()) == {0, 255}
+        assert mask.shape == (321, 321) and mask[-1].eq(255).all()  # padded below
+        assert mask[0, 0] == 0 or mask[0, -1] == 0  # content at the top (left, or right if flipped)
+        padded = out["image"][:, mask == 255]  # (3, N): image padding is exactly 0 before Normalize
+        torch.testing.assert_close(padded, expected[:, None].expand_as(padded), atol=1e-5, rtol=0)
+
+
+def test_eval_preset_keeps_full_image():
+    t = load_preset("voc", "eval")
+    image, mask = _image_and_mask(123, 77)
+    out = t(image=image, mask=mask)
+    assert out["image"].shape == (3, 123, 77)
+    assert torch.equal(out["mask"], torch.from_numpy(mask))
+    np.testing.assert_array_equal(denormalize(out["image"].numpy()), image)
+
+
+def test_dataset_with_preset_returns_int64(sample_root):
+    ds = VOCSegmentation(sample_root, "val", transform=load_preset("sample", "eval"))
+    item = ds[0]
+    assert item["mask"].dtype == torch.int64 and item["image"].dtype == torch.float32
+    assert item["image"].shape[1:] == item["mask"].shape
+    assert set(torch.unique(item["mask"]).tolist()) <= VALID
+
+
+def test_loc_preset_moves_box(sample_root):
+    plain = VOCLocalization(sample_root, "val", list_dir="Segmentation")
+    resized = VOCLocalization(
+        sample_root, "val", list_dir="Segmentation", transform=load_preset("loc", "eval")
+    )
+    for i in range(3):
+        a, b = plain[i], resized[i]
+        assert b["image"].shape == (3, 224, 224)
+        np.testing.assert_allclose(a["box"], b["box"], atol=1e-5)  # normalised box is invariant
+    t = load_preset("loc", "train")
+    t.set_random_seed(0)
+    train = VOCLocalization(sample_root, "val", list_dir="Segmentation", transform=t)
+    flips = set()
+    for _ in range(8):
+        x, y, w, h = train[0]["box"]
+        x0, y0, w0, h0 = plain[0]["box"]
+        assert np.isclose(y, y0, atol=1e-5) and np.isclose(w, w0, atol=1e-5)
+        flips.add(bool(np.isclose(x, 1 - x0 - w0, atol=1e-5) and not np.isclose(x, x0)))
+    assert flips == {True, False}  # flipped sometimes, and then the box moved with the image
