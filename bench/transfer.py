@@ -148,8 +148,10 @@ def evaluate(model: EncoderUNet, data: list, bf16: bool) -> float:
     return float(metric.compute()["mIoU"])
 
 
-def compare(seeds: tuple[int, ...] = (0,), cfg: Config | None = None) -> dict[str, list[float]]:
-    """Run both arms on both folds for every seed.
+def compare(
+    seeds: tuple[int, ...] = (0,), cfg: Config | None = None, folds: tuple[int, ...] = (0, 1)
+) -> dict[str, list[float]]:
+    """Run both arms on the given folds (0: train left, 1: train right) for every seed.
 
     Returns:
         {"pretrained": [mIoU per run], "random": [...]}, runs ordered (seed, fold).
@@ -160,7 +162,8 @@ def compare(seeds: tuple[int, ...] = (0,), cfg: Config | None = None) -> dict[st
     left, right = load_halves(cfg.scale)
     results: dict[str, list[float]] = {"pretrained": [], "random": []}
     for seed in seeds:
-        for fold, (train_set, val_set) in enumerate([(left, right), (right, left)]):
+        for fold in folds:
+            train_set, val_set = (left, right) if fold == 0 else (right, left)
             for arm in ("pretrained", "random"):
                 start = time.perf_counter()
                 model = build_model(arm == "pretrained", seed)
@@ -178,10 +181,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=Config.steps)
     parser.add_argument("--crop", type=int, default=Config.crop)
     parser.add_argument("--scale", type=float, default=Config.scale)
+    parser.add_argument("--lr", type=float, default=Config.lr)
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    cfg = Config(steps=args.steps, crop=args.crop, scale=args.scale)
-    results = compare(tuple(args.seeds), cfg)
+    cfg = Config(steps=args.steps, crop=args.crop, scale=args.scale, lr=args.lr)
+    results = compare(tuple(args.seeds), cfg, tuple(args.folds))
     pre, rand = np.mean(results["pretrained"]), np.mean(results["random"])
     wins = sum(p > r for p, r in zip(results["pretrained"], results["random"], strict=True))
     print(

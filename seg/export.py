@@ -78,14 +78,14 @@ def _as_tuple(out: Any) -> tuple[Tensor, ...]:
     return tuple(out) if isinstance(out, list | tuple) else (out,)
 
 
+@torch.no_grad()
 def parity(net: nn.Module, runner: Any, sizes: list[list[int]]) -> dict[str, float]:
     """Max absolute difference of the first output and its argmax agreement over ``sizes``."""
     max_abs, agree, total = 0.0, 0, 0
     gen = torch.Generator().manual_seed(0)
     for b, h, w in sizes:
         x = torch.randn(b, 3, h, w, generator=gen)
-        with torch.no_grad():
-            ref = _as_tuple(net(x))[0]
+        ref = _as_tuple(net(x))[0]
         got = runner(x)[0]
         max_abs = max(max_abs, float((ref - got).abs().max()))
         agree += int((ref.argmax(1) == got.argmax(1)).sum())

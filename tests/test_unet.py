@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
 
+from seg.models.blocks import pad_to_multiple
 from seg.models.encoders import MobileNetV2Encoder
-from seg.models.unet import EncoderUNet, UNet, pad_to_multiple
+from seg.models.unet import EncoderUNet, UNet
 
 REPO = Path(__file__).resolve().parents[1]
 MY_CONFIGS = ["unet", "unet_resnet34", "unet_mobilenetv2", "localizer"]
@@ -73,12 +74,23 @@ def test_unet_padding_equals_explicit_pad_then_crop() -> None:
 
 def test_pad_to_multiple_values() -> None:
     x = torch.arange(12.0).view(1, 1, 3, 4)
-    y = pad_to_multiple(x, 4)
+    y = pad_to_multiple(x, 4, "reflect")
     assert y.shape == (1, 1, 4, 4)
     torch.testing.assert_close(y[..., 3, :], x[..., 1, :])  # reflect: row 3 mirrors row 1
-    assert pad_to_multiple(y, 4) is y  # already a multiple: untouched
-    tiny = pad_to_multiple(torch.ones(1, 1, 2, 2), 8)  # pad > side: replicate fallback
+    assert torch.equal(pad_to_multiple(y, 4, "reflect"), y)  # already a multiple: untouched
+    tiny = pad_to_multiple(torch.ones(1, 1, 2, 2), 8, "reflect")  # pad > side: replicate
     assert tiny.shape == (1, 1, 8, 8) and torch.all(tiny == 1)
+    zeros = pad_to_multiple(torch.ones(1, 1, 3, 5), 4)  # default: zero padding
+    assert zeros.shape == (1, 1, 4, 8) and zeros.sum() == 15
+
+
+def test_traced_unet_keeps_dynamic_size() -> None:
+    """The padding is scripted under tracing, so a trace at one size runs at any other."""
+    net = UNet(num_classes=3, base_channels=4, depth=3).eval()
+    traced = torch.jit.trace(net, torch.randn(1, 3, 32, 32), check_trace=False)
+    x = torch.randn(2, 3, 45, 37)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), net(x))
 
 
 def test_decoder_is_transposed_convs_without_interpolation(monkeypatch) -> None:

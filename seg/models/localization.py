@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from seg.constants import NUM_CLASSES
-from seg.models.unet import UNetDecoder, pad_to_multiple
+from seg.models.blocks import pad_to_multiple
+from seg.models.unet import UNetDecoder
 
 
 def select_box(box_all: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -115,7 +116,7 @@ class Localizer(nn.Module):
         h, w = x.shape[-2:]
         stride = 2**self.depth
         if self.decoder is not None:
-            x = pad_to_multiple(x, stride)  # (B, 3, H', W')
+            x = pad_to_multiple(x, stride, "reflect")  # (B, 3, H', W')
         features = self.encoder(x)
         # Pool only the deepest cells that see the real image, not the padding.
         deep = features[-1][..., : -(-h // stride), : -(-w // stride)]  # (B, C, ceil(H/s), ...)

@@ -21,32 +21,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seg.constants import NUM_CLASSES
-from seg.models.blocks import conv_bn_relu
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> torch.Tensor:
-    """Pad the bottom and right of ``x`` so H and W become multiples of ``multiple``.
-
-    Args:
-        x: (B, C, H, W).
-        multiple: Target divisor, e.g. ``2**depth``.
-        mode: ``"reflect"`` or ``"constant"`` (zeros). Reflection needs the pad to be smaller
-            than the side; tiny inputs fall back to ``"replicate"``.
-
-    Returns:
-        (B, C, ceil(H / m) * m, ceil(W / m) * m); ``x`` itself when no padding is needed.
-    """
-    h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
-    if mode == "reflect" and (pad_h >= h or pad_w >= w):
-        mode = "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)  # (B, C, H + pad_h, W + pad_w)
+from seg.models.blocks import conv_bn_relu, pad_to_multiple
 
 
 def double_conv(in_channels: int, out_channels: int, batch_norm: bool = True) -> nn.Sequential:
