@@ -49,11 +49,11 @@ DECODER_CHANNELS = (128, 64, 32, 24, 16)  # as conf/model/unet_mobilenetv2.yaml
 class Config:
     """Training budget and hyper-parameters, equal for both arms."""
 
-    steps: int = 150
+    steps: int = 200
     batch_size: int = 8
     crop: int = 128
     scale: float = 0.5  # images are resized by this factor first (CPU budget)
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup: int = 10
 

@@ -119,7 +119,9 @@ class Localizer(nn.Module):
             x = pad_to_multiple(x, stride, "reflect")  # (B, 3, H', W')
         features = self.encoder(x)
         # Pool only the deepest cells that see the real image, not the padding.
-        deep = features[-1][..., : -(-h // stride), : -(-w // stride)]  # (B, C, ceil(H/s), ...)
+        # ceil division written with non-negative operands: exporters map // to truncation.
+        cells_h, cells_w = (h + stride - 1) // stride, (w + stride - 1) // stride
+        deep = features[-1][..., :cells_h, :cells_w]  # (B, C, ceil(H/s), ceil(W/s))
         hidden = self.mlp(deep)  # (B, hidden)
         logits = self.cls_head(hidden)  # (B, K)
         box = torch.sigmoid(self.box_head(hidden))  # (B, 4) or (B, 4K)
