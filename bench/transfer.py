@@ -54,6 +54,7 @@ class Config:
     crop: int = 128
     scale: float = 0.5  # images are resized by this factor first (CPU budget)
     lr: float = 3e-3
+    encoder_lr_mult: float = 1.0  # encoder LR = lr * encoder_lr_mult (both arms)
     weight_decay: float = 1e-4
     warmup: int = 10
 
@@ -114,7 +115,12 @@ def train(model: EncoderUNet, data: list, cfg: Config, seed: int, bf16: bool) ->
     """AdamW with linear warm-up and cosine decay, cross-entropy ignoring 255."""
     transform = train_transform(cfg.crop, seed)
     order = np.random.default_rng(seed).integers(len(data), size=(cfg.steps, cfg.batch_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    groups = [
+        {"params": list(model.encoder.parameters()), "lr": cfg.lr * cfg.encoder_lr_mult},
+        {"params": [p for p in model.parameters() if id(p) not in encoder_ids], "lr": cfg.lr},
+    ]
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
 
     def lr_lambda(step: int) -> float:
         if step < cfg.warmup:
