@@ -57,6 +57,7 @@ class Config:
     encoder_lr_mult: float = 1.0  # encoder LR = lr * encoder_lr_mult (both arms)
     weight_decay: float = 1e-4
     warmup: int = 10
+    color_jitter: float = 0.0  # probability of photometric jitter (brightness/contrast/hue)
 
 
 def load_halves(scale: float = 1.0, root: Path = VOC_ROOT) -> tuple[list, list]:
@@ -80,11 +81,12 @@ def load_halves(scale: float = 1.0, root: Path = VOC_ROOT) -> tuple[list, list]:
     return left, right
 
 
-def train_transform(crop: int, seed: int) -> A.Compose:
-    """Scale jitter, crop (padding image 0 / mask 255), flip, ImageNet normalisation."""
+def train_transform(crop: int, seed: int, color_jitter: float = 0.0) -> A.Compose:
+    """Scale jitter, crop (padding image 0 / mask 255), flip, colour jitter, normalisation."""
     return A.Compose(
         [
             A.RandomScale(scale_limit=(-0.25, 0.25), p=1.0),
+            A.ColorJitter(0.4, 0.4, 0.4, 0.1, p=color_jitter),
             A.PadIfNeeded(
                 crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX
             ),
@@ -113,7 +115,7 @@ def build_model(pretrained: bool, seed: int) -> EncoderUNet:
 
 def train(model: EncoderUNet, data: list, cfg: Config, seed: int, bf16: bool) -> None:
     """AdamW with linear warm-up and cosine decay, cross-entropy ignoring 255."""
-    transform = train_transform(cfg.crop, seed)
+    transform = train_transform(cfg.crop, seed, cfg.color_jitter)
     order = np.random.default_rng(seed).integers(len(data), size=(cfg.steps, cfg.batch_size))
     encoder_ids = {id(p) for p in model.encoder.parameters()}
     groups = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +63,3 @@ def _nan_to_none(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_nan_to_none(v) for v in obj]
     return obj
-
-
-def flatten_names(items: Iterable[str]) -> str:
-    """``"a, b, c"`` for error messages."""
-    return ", ".join(sorted(items))
