@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import statistics
 import time
@@ -27,16 +26,14 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from common import CONF, machine
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import seg  # noqa: F401  (registers the OmegaConf resolvers used by the configs)
-from seg.resolvers import cpu_has_native_bf16
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 SMOKE_MODELS = 2  # --smoke benchmarks this many models, the smallest by stated params
 
 
@@ -108,21 +105,6 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         "fp32_img_s": fp32,
         "bf16_cl_img_s": bf16,
         "speedup": bf16 / fp32,
-    }
-
-
-def machine() -> dict:
-    """CPU model, torch version, intra-op threads and whether the CPU has native bf16."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
-        cpu = names[0].strip() if names else cpu
-    return {
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "native_bf16": cpu_has_native_bf16(),
     }
 
 

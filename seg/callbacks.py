@@ -34,7 +34,8 @@ class LoadWeights(L.Callback):
     Used for staged recipes, e.g. the dilation network: train the front end
     (``experiment=dilation_frontend_voc``), then the context module on top of it
     (``experiment=dilation_voc frontend_ckpt=...``), loading ``net.*`` of the first run into
-    ``net.frontend.*`` of the second. Skipped when resuming (the resumed checkpoint wins).
+    ``net.frontend.*`` of the second. Skipped when resuming (the resumed checkpoint wins). The
+    file is read with :func:`seg.checkpoint.load_checkpoint` (``weights_only=True``).
 
     Args:
         path: Checkpoint written by ``train.py``; None disables the callback.
@@ -52,9 +53,9 @@ class LoadWeights(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.path is None or trainer.ckpt_path:
             return
-        import torch
+        from seg.checkpoint import load_checkpoint  # weights_only=True, one-line errors
 
-        state = torch.load(self.path, map_location="cpu", weights_only=True)["state_dict"]
+        state = load_checkpoint(self.path)["state_dict"]
         n = len(self.source_prefix)
         mapped = {
             self.target_prefix + k[n:]: v

@@ -16,12 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from seg.checkpoint import CheckpointError, build_net, load_checkpoint
 from seg.constants import VOC_CLASSES
-from seg.data.errors import DatasetNotFoundError
+from seg.data.errors import BadSampleError, DatasetNotFoundError
 from seg.inference import InferenceConfig
 from seg.modules.evaluation import EvaluationModule
 from seg.report import metrics_record, plot_confusion, print_table
 from seg.train import output_dir
 from seg.utils import write_json
+from seg.validate import ConfigError, error_line, validate_config
 
 
 def inference_config(cfg: DictConfig) -> InferenceConfig:
@@ -58,9 +59,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
-    """Entry point: one clear line instead of a traceback for a bad checkpoint or missing data."""
+    """Entry point: the config is checked first; one clear line instead of a traceback for an
+    invalid config, a bad checkpoint or missing data (exit 2), or a bad sample (exit 1)."""
     try:
+        validate_config(cfg)
         return evaluate(cfg)
-    except (CheckpointError, DatasetNotFoundError) as err:
+    except (ConfigError, CheckpointError, DatasetNotFoundError) as err:
         print(f"\nerror: {err}\n", file=sys.stderr)
         sys.exit(2)
+    except BadSampleError as err:
+        print(f"\nerror: {error_line(err)}\n", file=sys.stderr)
+        sys.exit(1)

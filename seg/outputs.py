@@ -35,17 +35,22 @@ def encode_png(array: np.ndarray, palette: bool = True) -> bytes:
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
     """The image blended with the mask colours, plus a legend of the classes present.
 
+    Works in uint8 throughout (no float copy of the image), so huge images stay cheap.
+
     Args:
         image: (H, W, 3) uint8 RGB.
-        mask: (H, W) class indices.
+        mask: (H, W) uint8 class indices.
         alpha: Weight of the mask colours.
     """
-    colours = PALETTE[mask]
-    blend = np.where(mask[..., None] > 0, (1 - alpha) * image + alpha * colours, image)
-    out = Image.fromarray(blend.astype(np.uint8))
+    base = Image.fromarray(image)
+    labels = Image.fromarray(mask.astype(np.uint8, copy=False), mode="L")
+    colours = labels.convert("P")
+    colours.putpalette(VOC_PALETTE)
+    blend = Image.blend(base, colours.convert("RGB"), alpha)
+    out = Image.composite(blend, base, labels.point(lambda v: 255 if v else 0))
     draw = ImageDraw.Draw(out)
-    present = [int(c) for c in np.unique(mask) if c < len(VOC_CLASSES)]
-    for row, c in enumerate(present):
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[: len(VOC_CLASSES)])
+    for row, c in enumerate(present.tolist()):
         y = 4 + 14 * row
         draw.rectangle((4, y, 14, y + 10), fill=tuple(int(v) for v in PALETTE[c]), outline="white")
         draw.text((18, y - 1), VOC_CLASSES[c], fill="white", stroke_width=1, stroke_fill="black")

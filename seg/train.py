@@ -17,9 +17,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from seg.callbacks import StoreConfig
+from seg.checkpoint import CheckpointError
 from seg.constants import VOC_CLASSES
-from seg.data.errors import DatasetNotFoundError
+from seg.data.errors import BadSampleError, DatasetNotFoundError
+from seg.resilience import NonFiniteLossError, signal_exit_codes
 from seg.utils import instantiate_all, write_json
+from seg.validate import ConfigError, error_line, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +61,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if trainer.interrupted:
-        log.warning("Training was interrupted; not validating.")
-        return {}
+    with signal_exit_codes():  # SIGINT -> exit 130, SIGTERM -> 143 (seg/resilience.py)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if trainer.interrupted:
+            log.warning("Training was interrupted; not validating.")
+            return {}
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results: dict[str, Any] = {}
-    if cfg.get("validate_best") and not trainer.fast_dev_run:
-        ckpt = best or None
-        results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)[0]
-    else:
-        results = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results: dict[str, Any] = {}
+        if cfg.get("validate_best") and not trainer.fast_dev_run:
+            ckpt = best or None
+            results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)[0]
+        else:
+            results = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics = {
         **{k: float(v) for k, v in results.items()},
         **extra_metrics(module),
@@ -94,9 +98,24 @@ def extra_metrics(module: L.LightningModule) -> dict[str, Any]:
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
-    """Entry point: friendly errors instead of tracebacks for missing data."""
+    """Entry point: the config is checked first; friendly errors instead of tracebacks.
+
+    Exit status 2: invalid config or missing dataset (nothing ran); 1: a bad sample (corrupt
+    image, bad mask), an unreadable or untrusted ``ckpt_path``, or a non-finite loss stopped the
+    run; its one-line message names the file or the step.
+    """
     try:
+        validate_config(cfg)
         return train(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except DatasetNotFoundError as err:
         print(f"\n{err}\n", file=sys.stderr)
         sys.exit(2)
+    except BadSampleError as err:
+        print(f"error: {error_line(err)} (data.skip_bad=true skips such samples)", file=sys.stderr)
+        sys.exit(1)
+    except (CheckpointError, NonFiniteLossError) as err:
+        print(f"error: {error_line(err)}", file=sys.stderr)
+        sys.exit(1)

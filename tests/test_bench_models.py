@@ -40,7 +40,7 @@ def smoke(tmp_path_factory) -> tuple[dict, str]:
 
 def test_smoke_json_has_machine_settings_and_rows(smoke):
     payload, _ = smoke
-    assert set(payload["machine"]) == {"cpu", "torch", "threads", "native_bf16"}
+    assert set(payload["machine"]) == {"cpu", "cores", "torch", "threads", "native_bf16", "gpu"}
     assert isinstance(payload["machine"]["native_bf16"], bool)
     assert payload["machine"]["threads"] >= 1
     settings = payload["settings"]

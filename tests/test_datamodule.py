@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DistributedSampler
 
-from seg.data.datamodule import ShardSampler, VOCDataModule, pad_collate
+from seg.data.datamodule import ShardSampler, VOCDataModule, pad_collate, seed_worker_transform
 from seg.data.errors import DatasetNotFoundError
 from seg.data.transforms import load_preset
 
@@ -136,3 +136,30 @@ def test_configs_instantiate(tmp_path, data, augment):
         assert batch["mask"].shape == (8, 224, 224)
     else:
         assert batch["mask"].shape[0] == 1 and batch["image"].shape[1] == 3
+
+
+class _CropOfOneImage(torch.utils.data.Dataset):
+    """One fixed 64x64 image through a random 8x8 crop, as many times as asked."""
+
+    def __init__(self) -> None:
+        import albumentations as A
+
+        self.transform = A.Compose([A.RandomCrop(8, 8)])
+        self.image = torch.arange(64 * 64 * 3, dtype=torch.int32).reshape(64, 64, 3).numpy()
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.transform(image=self.image)["image"].copy())
+
+
+@pytest.mark.parametrize("init_fn", [seed_worker_transform, None])
+def test_loader_workers_draw_different_augmentations(init_fn) -> None:
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(
+        _CropOfOneImage(), batch_size=1, num_workers=2, worker_init_fn=init_fn
+    )
+    crops = list(loader)  # alternates between worker 0 and worker 1
+    same = all(torch.equal(a, b) for a, b in zip(crops[0::2], crops[1::2], strict=True))
+    assert same is (init_fn is None)  # without the init fn, both workers repeat each other

@@ -64,7 +64,8 @@ def test_experiment_composes(name: str, tmp_path: Path) -> None:
 def frontend_checkpoint(path: Path, cfg: DictConfig) -> str:
     """A stage-1 checkpoint for ``dilation_voc`` (random front-end weights)."""
     frontend = instantiate(cfg.model.net.frontend)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in frontend.state_dict().items()}}, path)
+    state = {f"net.{k}": v for k, v in frontend.state_dict().items()}
+    torch.save({"state_dict": state, "seg_config": {}}, path)  # as train.py writes it
     return str(path)
 
 

@@ -71,6 +71,22 @@ def pad_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def seed_worker_transform(worker_id: int) -> None:
+    """``worker_init_fn``: give each loader worker its own augmentation stream.
+
+    Albumentations 2 pipelines keep a private generator that global seeding does not touch, so
+    without this every worker (a copy of the same pipeline) would draw the same augmentations.
+    The seed is the worker's torch seed, which Lightning's ``seed_everything`` makes reproducible.
+    """
+    info = torch.utils.data.get_worker_info()
+    data = info.dataset if info is not None else None
+    while data is not None and not hasattr(data, "transform"):
+        data = getattr(data, "dataset", None)  # Subset / wrapper datasets
+    transform = getattr(data, "transform", None)
+    if info is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)
+
+
 class ShardSampler(Sampler[int]):
     """``range(n)[rank::world_size]``: disjoint, unpadded shards that together cover every index
     exactly once (unlike ``DistributedSampler``, which pads with duplicates)."""
@@ -186,6 +202,7 @@ class VOCDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=pad_collate,
+            worker_init_fn=seed_worker_transform,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,4 +1,5 @@
-"""PASCAL VOC 2012 readers: images, palette masks, XML boxes, and the two datasets.
+"""PASCAL VOC 2012 readers: XML boxes, id lists and the two datasets (images and masks are read
+by :mod:`seg.data.io`, re-exported here).
 
 Layout (``root`` is the folder that contains ``VOC2012/``, e.g. ``data/VOCdevkit``)::
 
@@ -24,11 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import Dataset
 
-from seg.constants import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE
+from seg.constants import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
 from seg.data.errors import BadSampleError, DatasetNotFoundError
+from seg.data.io import check_mask_size, read_image, read_mask, validate_mask
 
 __all__ = [
     "IGNORE_INDEX",
@@ -36,112 +37,15 @@ __all__ = [
     "VOC_PALETTE",
     "VOCLocalization",
     "VOCSegmentation",
+    "check_mask_size",
     "parse_annotation",
     "read_ids",
     "read_image",
     "read_mask",
+    "validate_mask",
 ]
 
 log = logging.getLogger(__name__)
-
-_VALID_LABELS = np.array([*range(NUM_CLASSES), IGNORE_INDEX])
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def _open(path: Path) -> Image.Image:
-    """Open and fully decode ``path``; truncated or corrupt files raise BadSampleError."""
-    if not path.is_file():
-        raise BadSampleError(f"{path}: file not found")
-    # Truncated files must fail loudly; never decode them with a grey tail.
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False")
-    try:
-        img = Image.open(path)
-        img.load()
-    except _PIL_ERRORS as e:
-        raise BadSampleError(f"{path}: cannot decode image ({e})") from e
-    return img
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read any image as RGB, upright (EXIF orientation applied).
-
-    Handles L, LA, P, RGBA, CMYK, I;16 and friends. 16/32-bit grey is rescaled to 8 bit.
-
-    Returns:
-        uint8 array (H, W, 3).
-
-    Raises:
-        BadSampleError: missing, truncated or undecodable file.
-    """
-    path = Path(path)
-    img = _open(path)
-    try:
-        img = ImageOps.exif_transpose(img)
-    except _PIL_ERRORS as e:  # malformed EXIF
-        raise BadSampleError(f"{path}: cannot apply EXIF orientation ({e})") from e
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        grey = np.asarray(img, dtype=np.float64)  # (H, W)
-        grey = grey / 257.0 if grey.max() > 255 else grey
-        return np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
-    return np.array(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-
-
-def _colour_lut() -> dict[int, int]:
-    """Packed RGB colour -> label, for labels 0..20 and 255."""
-    pal = np.asarray(VOC_PALETTE).reshape(256, 3)
-    return {
-        int(r) << 16 | int(g) << 8 | int(b): int(k)
-        for k, (r, g, b) in enumerate(pal)
-        if k < NUM_CLASSES or k == IGNORE_INDEX
-    }
-
-
-def _rgb_to_labels(rgb: np.ndarray, path: Path) -> np.ndarray:
-    """Map a VOC-coloured RGB mask (H, W, 3) to labels (H, W); unknown colours are an error."""
-    packed = rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64) << 8 | rgb[..., 2]
-    colours, inverse = np.unique(packed, return_inverse=True)
-    lut = _colour_lut()
-    unknown = [f"#{c:06x}" for c in colours.tolist() if c not in lut]
-    if unknown:
-        raise BadSampleError(f"{path}: RGB mask has non-VOC colours {unknown[:5]}")
-    return np.array([lut[c] for c in colours.tolist()], dtype=np.int64)[
-        inverse.reshape(packed.shape)
-    ]
-
-
-def validate_mask(mask: np.ndarray, path: str | Path) -> np.ndarray:
-    """Check that every value is a VOC label (0..20) or void (255); return it as int64 (H, W)."""
-    if mask.dtype == np.uint8:  # fast path for PNG masks
-        bad = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[NUM_CLASSES:IGNORE_INDEX])
-        bad += NUM_CLASSES
-    else:
-        bad = np.setdiff1d(np.unique(mask), _VALID_LABELS)
-    if bad.size:
-        raise BadSampleError(f"{path}: mask values {bad[:5].tolist()} outside {{0..20, 255}}")
-    return mask.astype(np.int64, copy=False)
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a label mask: palette INDICES of a "P" PNG (never its colours), or grey/16-bit values.
-
-    RGB masks are accepted when every colour is a VOC palette colour.
-
-    Returns:
-        int64 array (H, W) with values in 0..20 and 255.
-
-    Raises:
-        BadSampleError: missing/corrupt file, unknown colour or value outside {0..20, 255}.
-    """
-    path = Path(path)
-    img = _open(path)
-    if img.mode in ("P", "L", "I;16", "I;16B", "I;16L", "I"):
-        mask = np.asarray(img)  # (H, W) indices
-    elif img.mode in ("RGB", "RGBA"):
-        mask = _rgb_to_labels(np.asarray(img.convert("RGB")), path)
-    else:
-        raise BadSampleError(f"{path}: unsupported mask mode {img.mode!r}")
-    return validate_mask(mask, path)
 
 
 def _reject_entities(data: bytes, path: Path) -> None:
@@ -308,11 +212,7 @@ class VOCSegmentation(_VOCBase):
         image_id = self.ids[i]
         image = read_image(self.voc / "JPEGImages" / f"{image_id}.jpg")  # (H, W, 3)
         mask = self.read_mask(image_id)  # (H, W)
-        if mask.shape != image.shape[:2]:
-            raise BadSampleError(
-                f"{self.mask_path(image_id)}: mask size {mask.shape[::-1]} != "
-                f"image size {image.shape[1::-1]} (W, H)"
-            )
+        check_mask_size(mask, image, self.mask_path(image_id))
         if self.transform is None:
             return {"image": image, "mask": mask, "id": image_id}
         out = self.transform(image=image, mask=mask.astype(np.uint8))
@@ -379,8 +279,7 @@ class VOCLocalization(_VOCBase):
         if self.with_mask:
             path = self.voc / "SegmentationClass" / f"{image_id}.png"
             item["mask"] = read_mask(path)  # (H, W)
-            if item["mask"].shape != (h, w):
-                raise BadSampleError(f"{path}: mask size differs from the image ({w}x{h})")
+            check_mask_size(item["mask"], image, path)
         if self.transform is not None:
             box = self._apply(item, box)
             img = item["image"]

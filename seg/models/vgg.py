@@ -138,7 +138,7 @@ def imagenet_cache_path() -> Path:
 def _download_imagenet_state_dict() -> dict[str, torch.Tensor]:
     """Download torchvision's VGG16 ImageNet weights into the torch hub cache."""
     weights = torchvision.models.VGG16_Weights.IMAGENET1K_V1
-    return weights.get_state_dict(progress=True, check_hash=True)
+    return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
 
 
 def _imagenet_state_dict() -> dict[str, torch.Tensor]:

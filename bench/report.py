@@ -1,0 +1,92 @@
+"""Markdown tables of ``bench/run.py`` results, and the README section they are written into."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+#: (results key, label, target) of every targeted ratio; higher is better for all.
+TARGETS = (
+    ("train_vs_plain", "seg fit / plain loop, train img/s", 0.95),
+    ("train_roofline_fraction", "training, fraction of matmul roofline", 0.35),
+    ("infer_roofline_fraction", "inference, fraction of matmul roofline", 0.55),
+    ("vs_torchvision_reference", "speed-up vs torchvision reference", 2.5),
+    ("loader_vs_model", "loader img/s / model train img/s", 1.0),
+    ("predict_vs_model", "predict.py end to end / model alone", 0.8),
+)
+
+
+def _models_table(results: dict) -> list[str]:
+    lines = [
+        "| model | batch x crop | precision | GFLOP/batch | plain img/s | seg img/s | seg/plain "
+        "| train roofline | infer img/s | infer roofline |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["details"]["models"]:
+        lines.append(
+            f"| {r['model']} | {r['batch']} x {r['crop']} | {r['precision']} "
+            f"| {r['gflops_fwd']:.0f} | {r['plain_img_s']:.2f} | {r['seg_img_s']:.2f} "
+            f"| {r['train_vs_plain']:.2f} | {r['train_roofline_fraction']:.1%} "
+            f"| {r['infer_img_s']:.2f} | {r['infer_roofline_fraction']:.1%} |"
+        )
+    compiled = [
+        r for r in results["details"]["models"] if r.get("compiled_infer_roofline_fraction")
+    ]
+    lines += [
+        f"\n`torch.compile` (inductor, freezing) inference of {r['model']}: "
+        f"{r['compiled_infer_roofline_fraction']:.1%} of the roofline."
+        for r in compiled
+    ]
+    return lines
+
+
+def _targets_table(results: dict) -> list[str]:
+    lines = ["| ratio | measured | target | met |", "|---|---:|---:|:-:|"]
+    for key, label, target in TARGETS:
+        value = results[key]
+        values = value.values() if isinstance(value, dict) else [value]
+        worst = min(values)
+        shown = (
+            ", ".join(f"{k} {v:.2f}" for k, v in value.items())
+            if isinstance(value, dict)
+            else f"{value:.2f}"
+        )
+        lines.append(f"| {label} | {shown} | >= {target} | {'yes' if worst >= target else 'no'} |")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    """The results of one run as Markdown: machine, per-model table, targets, the rest."""
+    m, roof, peer = results["machine"], results["roofline"], results["details"]["peer"]
+    loader = results["details"]["loader_img_s"]
+    head = [
+        f"`{results.get('command', 'python bench/run.py')}` ({results['mode']} mode) on "
+        f"{m['gpu'] or m['cpu']}, {m['cores']} cores, torch {m['torch']}. Matmul roofline "
+        f"(n={roof['matmul_n']}): fp32 {roof['fp32_tflops'] * 1e3:.0f} GFLOP/s, bf16 "
+        f"{roof['bf16_tflops'] * 1e3:.0f} GFLOP/s.",
+        "",
+    ]
+    tail = [
+        "",
+        f"- torchvision `fcn_resnet50`, reference recipe (fp32, NCHW) vs seg defaults, "
+        f"{peer['batch']} x {peer['crop']}, {peer['steps']} steps: {peer['peer_s_per_step']:.2f} "
+        f"vs {peer['seg_s_per_step']:.2f} s/step; mean loss over the last steps differs by "
+        f"{peer['loss_gap']:+.3f} (noise {peer['loss_noise']:.3f}): "
+        f"{'within' if peer['loss_within_noise'] else 'outside'} noise.",
+        "- Train pipeline img/s at 0/1/2 workers: "
+        + " / ".join(f"{float(v):.1f}" for v in loader.values())
+        + f" ({results['details']['loader_data']}).",
+        f"- Peak RSS of a training process ({results['details']['peak_rss_setting']}): "
+        f"{results['peak_rss_mb']:.0f} MiB.",
+    ]
+    return "\n".join(head + _models_table(results) + [""] + _targets_table(results) + tail)
+
+
+def update_readme(readme: Path, table: str) -> None:
+    """Replace the text between the bench markers of ``readme`` with ``table``."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} has no {START} ... {END} section to update")
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
+    readme.write_text(pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))

@@ -1,0 +1,206 @@
+"""Timing primitives of ``bench/run.py``: matmul roofline, FLOPs, and training/inference step times.
+
+Every time is measured with ``time.perf_counter`` (after ``torch.cuda.synchronize`` on a GPU);
+callers take medians over several timed steps after warm-up ones.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from common import CONF  # noqa: I001  (bench/ sibling)
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+import seg  # noqa: F401  (registers the OmegaConf resolvers used by the configs)
+from seg.constants import IGNORE_INDEX, NUM_CLASSES
+from seg.modules.segmentation import main_logits
+from seg.train import build_module
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work so that wall-clock times are honest."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """The ``train`` config composed from ``conf/`` with ``overrides``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def matmul_tflops(dtype: torch.dtype, device: str, n: int, repeats: int = 7) -> float:
+    """Achieved dense matmul rate (TFLOP/s) of an (n, n) @ (n, n) product, median of ``repeats``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for i in range(repeats + 2):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def forward_flops(net: nn.Module, shape: tuple[int, ...]) -> float:
+    """FLOPs (2 x MACs, convolutions and matmuls) of one forward pass at input ``shape``."""
+    x = torch.randn(*shape, device=next(net.parameters()).device)
+    was_training = net.training
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net.eval()(x)
+    net.train(was_training)
+    return float(counter.get_total_flops())
+
+
+def autocast(device: str, bf16: bool) -> Any:
+    """bf16 autocast on ``device`` when ``bf16``, else a no-op context."""
+    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def plain_step_times(
+    net: nn.Module, x: Tensor, y: Tensor, bf16: bool, steps: int, lr: float = 1e-3
+) -> list[float]:
+    """Seconds per step of a hand-written loop: forward, cross-entropy, backward, SGD step.
+
+    Args:
+        net: Model in train mode, already on the device and in its memory format.
+        x: Images (B, 3, H, W), already in the net's memory format.
+        y: Labels (B, H, W) int64.
+        bf16: Forward under bf16 autocast.
+        steps: Number of steps (warm-up included).
+    """
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    device, times = x.device.type, []
+    for _ in range(steps):
+        sync(device)
+        start = time.perf_counter()
+        with autocast(device, bf16):
+            logits = main_logits(net(x))  # (B, C, H, W)
+        loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class StepTimer(L.Callback):
+    """Records the wall-clock time and the loss at the end of every training batch."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.ends, self.losses = device, [], []
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        sync(self.device)
+        self.ends.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        sync(self.device)
+        self.ends.append(time.perf_counter())
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss))
+
+    @property
+    def step_times(self) -> list[float]:
+        """Seconds per step, data fetching and every hook included."""
+        return [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
+
+
+class TensorBatches(Dataset):
+    """The same in-memory batch ``n`` times, as the dicts seg's modules read."""
+
+    def __init__(self, x: Tensor, y: Tensor, n: int) -> None:
+        self.x, self.y, self.n = x, y, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"image": self.x, "mask": self.y}
+
+
+def seg_trainer(cfg: DictConfig, timer: StepTimer, steps: int, root: str) -> L.Trainer:
+    """seg's Trainer from ``cfg.trainer`` with a CSV logger, no checkpoints and no validation."""
+    with open_dict(cfg):
+        cfg.trainer.max_steps, cfg.trainer.max_epochs = steps, -1
+        cfg.trainer.limit_val_batches, cfg.trainer.log_every_n_steps = 0, 10
+    return instantiate(
+        cfg.trainer,
+        callbacks=[timer],
+        logger=L.pytorch.loggers.CSVLogger(root),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+def seg_step_times(cfg: DictConfig, x: Tensor, y: Tensor, steps: int) -> list[float]:
+    """Seconds per step of seg's ``Trainer.fit`` on in-memory batches (``x``, ``y`` on CPU)."""
+    module = build_module(cfg)
+    loader = DataLoader(TensorBatches(x, y, steps), batch_size=None)
+    timer = StepTimer("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+    with tempfile.TemporaryDirectory() as root:
+        seg_trainer(cfg, timer, steps, root).fit(module, train_dataloaders=loader)
+    return timer.step_times
+
+
+def inference_times(
+    net: nn.Module, x: Tensor, bf16: bool, channels_last: bool, steps: int
+) -> list[float]:
+    """Seconds per batch of seg's inference path (``seg.inference.predict_probs``)."""
+    from seg.inference import InferenceConfig, predict_probs
+
+    cfg = InferenceConfig(autocast=bf16, channels_last=channels_last)
+    times = []
+    for _ in range(steps):
+        sync(x.device.type)
+        start = time.perf_counter()
+        predict_probs(net, x, cfg)
+        sync(x.device.type)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def compiled_inference_times(net: nn.Module, x: Tensor, bf16: bool, steps: int) -> list[float]:
+    """Seconds per batch of ``torch.compile`` (inductor, ``freezing``: BatchNorm folded into the
+    convolutions, weights pre-packed for oneDNN) under inference mode; the first step compiles."""
+    import torch._inductor.config as inductor_config
+
+    x = x.contiguous(memory_format=torch.channels_last)
+    with (
+        inductor_config.patch(freezing=True),
+        torch.inference_mode(),
+        autocast(x.device.type, bf16),
+    ):
+        compiled = torch.compile(net)
+        times = []
+        for _ in range(steps):
+            sync(x.device.type)
+            start = time.perf_counter()
+            compiled(x)
+            sync(x.device.type)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def random_batch(batch: int, crop: int, device: str) -> tuple[Tensor, Tensor]:
+    """A seeded batch: images (B, 3, crop, crop) float32 and labels (B, crop, crop) int64."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, crop, crop, generator=gen)
+    y = torch.randint(0, NUM_CLASSES, (batch, crop, crop), generator=gen)
+    return x.to(device), y.to(device)

@@ -1,0 +1,69 @@
+"""bench/run.py: the --smoke run writes every results.json key and a Markdown table.
+
+No timing is asserted (the machine is shared and noisy); only that each measurement ran and
+produced a finite, positive figure, and that --readme rewrites exactly the marked section.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "run.py"
+PER_MODEL = ("train_vs_plain", "train_roofline_fraction", "infer_roofline_fraction")
+SCALARS = ("vs_torchvision_reference", "loader_vs_model", "predict_vs_model", "peak_rss_mb")
+
+
+def run_smoke(tmp_path: Path, *models: str) -> dict:
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--models", *models]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| ratio | measured | target | met |" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def check_results(results: dict, models: tuple[str, ...]) -> None:
+    for key in PER_MODEL:
+        assert set(results[key]) == set(models), key
+        assert all(math.isfinite(v) and v > 0 for v in results[key].values()), key
+    for key in SCALARS:
+        assert math.isfinite(results[key]) and results[key] > 0, key
+    assert {"cpu", "cores", "torch"} <= set(results["machine"])
+    peer = results["details"]["peer"]
+    assert len(peer["peer_loss"]) == len(peer["seg_loss"]) == peer["steps"]
+    # Both arms start from the same init on 21 classes: the first loss is near ln(21) (+ aux).
+    assert all(1.0 < losses[0] < 10.0 for losses in (peer["peer_loss"], peer["seg_loss"]))
+
+
+def test_smoke_run_writes_every_key(tmp_path: Path) -> None:
+    results = run_smoke(tmp_path, "unet_resnet34")
+    check_results(results, ("unet_resnet34",))
+    assert (tmp_path / "results.md").read_text().startswith("`python bench/run.py --smoke")
+
+
+@pytest.mark.slow
+def test_smoke_run_all_models(tmp_path: Path) -> None:
+    models = ("unet_resnet34", "fcn8s", "dilation_context")
+    check_results(run_smoke(tmp_path, *models), models)
+
+
+def test_readme_section_is_replaced(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from report import END, START, update_readme
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold table\n{END}\noutro\n")
+    update_readme(readme, "| new |")
+    assert readme.read_text() == f"intro\n{START}\n| new |\n{END}\noutro\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="bench:start"):
+        update_readme(readme, "| new |")
