@@ -15,8 +15,8 @@ recipe's frozen BatchNorm statistics (``frozen_bn="pretrained"``): the pretraine
 its ImageNet statistics; a random encoder has none to keep, so its BatchNorm trains.
 
 Measured (``python bench/transfer.py``: seed 0, folds 0-3, 300 steps, batch 8, crop 192, full
-resolution, inputs x / 127.5 - 1; 2 single-threaded worker processes, about 150 s per run on
-the shared 2-core machine):
+resolution, inputs x / 127.5 - 1; 2 single-threaded worker processes, 210-335 s per run and
+20 min in all on the 2-core machine, re-run on 2026-11-22 with identical results):
 
 =========  ========================  =========================
 fold       pretrained mIoU / acc     random mIoU / acc
