@@ -3,14 +3,15 @@
 import hydra
 from omegaconf import DictConfig
 
-import seg  # noqa: F401  (registers the config resolvers)
-from seg.train import main
+from seg.cli import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def run(cfg: DictConfig) -> None:
-    main(cfg)
+def main(cfg: DictConfig) -> None:
+    from seg.train import train  # after composing: --help and config errors stay fast
+
+    run(train, cfg)
 
 
 if __name__ == "__main__":
-    run()
+    main()

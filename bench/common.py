@@ -33,3 +33,15 @@ def machine() -> dict:
         "native_bf16": cpu_has_native_bf16(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def load_preset(name: str = "voc", split: str = "train", crop_size: int | None = None):
+    """The ``train`` or ``eval`` pipeline of ``conf/augment/<name>.yaml``, composed by Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    overrides = [f"augment={name}", "paths.output_dir=unused"]
+    overrides += [f"augment.crop_size={crop_size}"] if crop_size is not None else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    return instantiate(cfg.augment[split], _convert_="all")

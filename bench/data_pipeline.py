@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import torch
+from common import load_preset
 from torch.utils.data import DataLoader
 
 from seg.data.datamodule import pad_collate
 from seg.data.sample import ensure_sample
-from seg.data.transforms import load_preset
 from seg.data.voc import VOCSegmentation
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import CONF, SHARED
+from common import CONF, SHARED, load_preset
 from data_pipeline import images_per_second
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -20,7 +20,6 @@ from omegaconf import OmegaConf
 from timing import compose_train, random_batch, seg_step_times, sync
 
 from seg.data.sample import ensure_sample
-from seg.data.transforms import load_preset
 from seg.data.voc import VOCSegmentation, read_image
 from seg.inference import InferenceConfig, predict_probs
 from seg.predict import predict
@@ -79,7 +78,7 @@ def predict_vs_model(model: str, root: str, repeats: int, copies: int = 3) -> di
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             overrides = [f"ckpt={ckpt}", f"input={tmp}/in", f"output={tmp}/out", "overwrite=true"]
             cfg = compose(config_name="predict", overrides=overrides)
-        infer = InferenceConfig(**_inference_options(cfg))
+        infer = InferenceConfig.from_config(cfg)
         net, tensors = _model_and_inputs(ckpt, images)
         predict_probs(net, tensors[0], infer)  # warm-up
         e2e, alone = [], []
@@ -97,12 +96,6 @@ def _copy_inputs(sources: list[Path], folder: Path, copies: int) -> list[Path]:
         for src in sources:
             shutil.copyfile(src, folder / f"{src.stem}_{k}{src.suffix}")
     return sorted(folder.iterdir())
-
-
-def _inference_options(cfg) -> dict:
-    opts = OmegaConf.to_container(cfg.inference, resolve=True)
-    opts.pop("slide_above", None)
-    return opts
 
 
 def _model_and_inputs(ckpt: Path, images: list[Path]):

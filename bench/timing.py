@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import seg  # noqa: F401  (registers the OmegaConf resolvers used by the configs)
 from seg.constants import IGNORE_INDEX, NUM_CLASSES
-from seg.modules.segmentation import main_logits
+from seg.models import seg_logits
 from seg.train import build_module
 
 
@@ -89,7 +89,7 @@ def plain_step_times(
         sync(device)
         start = time.perf_counter()
         with autocast(device, bf16):
-            logits = main_logits(net(x))  # (B, C, H, W)
+            logits = seg_logits(net(x))  # (B, C, H, W)
         loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
         opt.zero_grad(set_to_none=True)
         loss.backward()

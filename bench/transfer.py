@@ -208,7 +208,7 @@ def evaluate(model: EncoderUNet, data: list, norm: str, bf16: bool) -> dict[str,
             logits = model(to_tensor(image, norm))  # (1, 21, H, W)
         metric.update(logits.float(), torch.from_numpy(mask)[None])
     scores = metric.compute()
-    return {"mIoU": float(scores["mIoU"]), "pixel_acc": float(scores["pixel_acc"])}
+    return {"mIoU": float(scores["mIoU"]), "pixel_accuracy": float(scores["pixel_accuracy"])}
 
 
 def run(seed: int, fold: int, arm: str, cfg: Config, threads: int = 1) -> dict[str, float]:
@@ -239,7 +239,7 @@ def compare(
     depend on how many run at once. ``workers=1`` runs them in this process.
 
     Returns:
-        ``{arm: {"mIoU": [...], "pixel_acc": [...]}}`` for arm in ``ARMS``, one value per run,
+        ``{arm: {"mIoU": [...], "pixel_accuracy": [...]}}`` for arm in ``ARMS``, one value per run,
         runs ordered (seed, fold).
     """
     cfg = cfg or Config()
@@ -253,7 +253,7 @@ def compare(
         if verbose:
             print(
                 f"seed {job[0]} fold {job[1]} {job[2]:>10}: mIoU {scores['mIoU']:.4f} "
-                f"pixel acc {scores['pixel_acc']:.4f} ({scores['seconds']:.0f} s)",
+                f"pixel acc {scores['pixel_accuracy']:.4f} ({scores['seconds']:.0f} s)",
                 flush=True,
             )
 
@@ -268,7 +268,8 @@ def compare(
                 report(futures[future], future.result())
     return {
         arm: {
-            key: [done[job][key] for job in jobs if job[2] == arm] for key in ("mIoU", "pixel_acc")
+            key: [done[job][key] for job in jobs if job[2] == arm]
+            for key in ("mIoU", "pixel_accuracy")
         }
         for arm in ARMS
     }
@@ -277,7 +278,7 @@ def compare(
 def summary(results: dict[str, dict[str, list[float]]]) -> str:
     """Mean +- std (over runs) of both arms, and the paired mIoU differences."""
     lines = []
-    for key in ("mIoU", "pixel_acc"):
+    for key in ("mIoU", "pixel_accuracy"):
         pre, rand = (np.array(results[arm][key]) for arm in ARMS)
         lines.append(
             f"{key:>9}: pretrained {pre.mean():.4f} +- {pre.std(ddof=1) if len(pre) > 1 else 0:.4f}"

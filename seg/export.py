@@ -8,7 +8,6 @@ absolute logit difference and the argmax agreement must pass ``parity.max_abs`` 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,10 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from seg.checkpoint import CheckpointError, build_net, load_checkpoint
+from seg.checkpoint import build_net, load_checkpoint
+from seg.cli import run
+from seg.errors import ConfigError, ExportError
+from seg.models import OUT
 
 
 class TupleOutput(nn.Module):
@@ -34,13 +36,14 @@ class TupleOutput(nn.Module):
 
 
 def exportable(net: nn.Module, example: Tensor) -> tuple[nn.Module, tuple[str, ...]]:
-    """The net with tuple outputs, and the output names."""
+    """The net with tuple outputs, and the output names (the keys of the output contract,
+    :mod:`seg.models`; a plain tensor output is named ``"out"``)."""
     with torch.no_grad():
         out = net(example)
     if isinstance(out, dict):
         keys = tuple(out)
         return TupleOutput(net, keys).eval(), keys
-    return TupleOutput(net, ()).net, ("logits",)
+    return net, (OUT,)
 
 
 def export_torchscript(net: nn.Module, example: Tensor, path: Path) -> Any:
@@ -96,11 +99,11 @@ def parity(net: nn.Module, runner: Any, sizes: list[list[int]]) -> dict[str, flo
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt`` and check parity; see ``conf/export.yaml``."""
     ckpt_path = Path(cfg.ckpt)
-    net = build_net(load_checkpoint(ckpt_path))
+    net = build_net(load_checkpoint(ckpt_path), ckpt_path)
     example = torch.randn(1, 3, *cfg.example_size)
     model, names = exportable(net, example)
     if cfg.format not in ("onnx", "torchscript"):
-        raise ValueError(f"format must be 'onnx' or 'torchscript', got {cfg.format!r}")
+        raise ConfigError(f"format={cfg.format!r} must be 'onnx' or 'torchscript'")
     suffix = ".onnx" if cfg.format == "onnx" else ".pt"
     path = Path(cfg.output) if cfg.output else ckpt_path.with_suffix(suffix)
     if cfg.format == "onnx":
@@ -116,23 +119,28 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
-def main(cfg: DictConfig) -> None:
-    try:
-        report = export(cfg)
-    except (CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(
+def export_and_check(cfg: DictConfig) -> dict[str, Any]:
+    """The ``python -m seg.export`` task: export, print the parity line, fail when it fails.
+
+    Raises:
+        ExportError: Parity failed (exit status 1).
+    """
+    report = export(cfg)
+    line = (
         f"{report['path']}: max |logit diff| = {report['max_abs_diff']:.2e} "
         f"(limit {cfg.parity.max_abs}), argmax agreement = {report['argmax_agreement']:.5f} "
-        f"(limit {cfg.parity.min_agreement}) -> {'PASS' if report['passed'] else 'FAIL'}"
+        f"(limit {cfg.parity.min_agreement})"
     )
     if not report["passed"]:
-        sys.exit(1)
+        raise ExportError(f"{line} -> FAIL")
+    print(f"{line} -> PASS")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    run(export_and_check, cfg)
 
 
 if __name__ == "__main__":
-    import seg  # noqa: F401  (registers the config resolvers)
-
     main()

@@ -1,36 +1,58 @@
-"""Inference: whole-image or sliding-window prediction, flip / multi-scale TTA, and the one
-function that turns scores into a mask at the original image size.
+"""Inference: the one path from a trained net and an image to class scores and a mask.
 
-Sliding-window inference follows the common practice of DeepLab/PSPNet evaluation (e.g.
-mmsegmentation's ``slide_inference``): overlapping crops, scores summed and divided by the
-per-pixel window count. Multi-scale + flip TTA averages softmax probabilities, as in
-DeepLab (https://arxiv.org/abs/1606.00915).
+"Where does a mask come from": here, and only here. Training-time validation, ``evaluate.py``,
+``predict.py`` and the Python API all call these functions, so ``val/mIoU`` and ``evaluate.py``
+come from the same code. The shape follows mmsegmentation's ``EncoderDecoder``
+(https://github.com/open-mmlab/mmsegmentation):
+
+- :func:`windows` is the one window enumerator: the whole image, or overlapping crops of at most
+  ``crop`` pixels per side (never padded: the nets take any size) whose last row and column of
+  windows end exactly at the image border.
+- :func:`tta_probs` is the one test-time augmentation: softmax probabilities of a window,
+  averaged over ``scales`` and horizontal ``flip`` (mmseg's ``aug_test`` semantics; DeepLab,
+  https://arxiv.org/abs/1606.00915). Each scaled output is resized back before the softmax.
+- :func:`predict_probs` averages the windows' probabilities where they overlap;
+  :func:`predict_mask_banded` computes the same windows for a huge image one band of rows at a
+  time, with memory bounded by the image width.
+- :func:`scores_to_mask` is the one argmax, at the original size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seg.models import seg_logits
+
+MODES = ("whole", "slide")
+
 
 @dataclass
 class InferenceConfig:
-    """How to run a segmentation net on full images.
+    """How to run a segmentation net on full images (``conf/inference/default.yaml``).
 
     Attributes:
-        mode: ``"whole"`` runs the net on the full image; ``"slide"`` on overlapping crops.
-        crop: Sliding-window crop size (pixels), square.
+        mode: ``"whole"`` runs the net on the full image; ``"slide"`` on overlapping windows.
+        crop: Sliding-window side (pixels); windows are never larger than the image.
         stride: Sliding-window stride (pixels); ``crop * 2 // 3`` when None.
-        flip: Also run on the horizontally flipped image and average.
-        scales: Image scales to average over (1.0 = original size).
-        window_batch: How many sliding windows go through the net at once (bounds memory).
-        autocast: Run under bf16 autocast (CPU with native bf16, or GPU).
+        flip: Also run on the horizontally flipped image and average the probabilities.
+        scales: Image scales to average the probabilities over (1.0 = original size).
+        window_batch: How many windows go through the net at once (bounds memory).
+        autocast: Run the net under bf16 autocast (CPU with native bf16, or GPU). False leaves
+            the caller's autocast state alone (e.g. Lightning's precision during validation).
         channels_last: Feed the net channels_last tensors.
+        slide_above: :func:`predict_mask` goes band by band (sliding windows, memory bounded by
+            the width) for images whose longer side exceeds this; None: never.
     """
 
     mode: str = "whole"
@@ -41,160 +63,119 @@ class InferenceConfig:
     window_batch: int = 4
     autocast: bool = False
     channels_last: bool = False
+    slide_above: int | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("whole", "slide"):
-            raise ValueError(f"inference.mode must be 'whole' or 'slide', got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"inference.mode must be one of {MODES}, got {self.mode!r}")
         if self.crop <= 0 or (self.stride is not None and self.stride <= 0):
             raise ValueError(
                 f"inference.crop and inference.stride must be positive, got {self.crop}, {self.stride}"
             )
+        if self.stride is not None and self.stride > self.crop:
+            raise ValueError(
+                f"inference.stride={self.stride} is larger than inference.crop={self.crop} "
+                "(sliding windows would leave pixels unpredicted)"
+            )
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"inference.scales must be positive numbers, got {list(self.scales)}")
+        self.scales = tuple(float(s) for s in self.scales)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> InferenceConfig:
+        """Build from the ``inference`` and ``tta`` nodes of an entry-point config."""
+        from omegaconf import OmegaConf
+
+        opts = OmegaConf.to_container(cfg.inference, resolve=True)
+        tta = OmegaConf.to_container(cfg.tta, resolve=True)
+        return cls(**opts, flip=tta["flip"], scales=tuple(tta["scales"]))
+
+    @property
+    def window_stride(self) -> int:
+        return self.stride or max(self.crop * 2 // 3, 1)
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Window offsets along one side: windows of ``min(crop, size)`` that cover ``[0, size)``,
+    the last one ending exactly at ``size``."""
+    crop = min(crop, size)
+    n = max(math.ceil((size - crop) / stride), 0) + 1
+    return sorted({min(i * stride, size - crop) for i in range(n)})
+
+
+def windows(size: tuple[int, int], cfg: InferenceConfig) -> tuple[list[int], list[int], int, int]:
+    """The one window enumerator: row starts, column starts and window (height, width).
+
+    ``mode="whole"`` gives one window, the image itself.
+    """
+    h, w = size
+    if cfg.mode == "whole":
+        return [0], [0], h, w
+    stride = cfg.window_stride
+    return (
+        window_starts(h, cfg.crop, stride),
+        window_starts(w, cfg.crop, stride),
+        *(min(cfg.crop, s) for s in size),
+    )
+
+
+def _device(net: nn.Module) -> torch.device:
+    param = next(net.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _logits(net: nn.Module, x: Tensor, cfg: InferenceConfig) -> Tensor:
-    """Net logits for (B, 3, H, W) -> (B, C, H, W) float32, under the configured autocast."""
+    """Per-pixel logits (B, C, H, W) float32 of images (B, 3, H, W), as the config runs the net."""
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.autocast):
+    autocast = (
+        torch.autocast(x.device.type, dtype=torch.bfloat16)
+        if cfg.autocast
+        else contextlib.nullcontext()
+    )
+    with autocast:
         out = net(x)
-    if isinstance(out, dict):
-        out = out["mask"]
-    return out.float()
+    return seg_logits(out).float()
 
 
-def slide_logits(net: nn.Module, x: Tensor, cfg: InferenceConfig) -> Tensor:
-    """Sliding-window logits with bounded memory.
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def tta_probs(net: nn.Module, x: Tensor, cfg: InferenceConfig) -> Tensor:
+    """Class probabilities of whole inputs, averaged over the TTA scales and flips.
 
     Args:
-        net: Segmentation net mapping (B, 3, h, w) -> (B, C, h, w).
-        x: Images (B, 3, H, W).
-        cfg: Crop, stride and window batch size.
+        net: Segmentation net in eval mode.
+        x: Normalised images or windows (B, 3, h, w).
+        cfg: ``scales``, ``flip`` and how to run the net.
 
     Returns:
-        Logits (B, C, H, W): the mean over the windows covering each pixel.
+        Probabilities (B, C, h, w), float32.
     """
-    crop = cfg.crop
-    stride = cfg.stride or max(crop * 2 // 3, 1)
-    b, _, h, w = x.shape
-    ph, pw = max(crop - h, 0), max(crop - w, 0)
-    x = F.pad(x, (0, pw, 0, ph))  # (B, 3, H', W'), H', W' >= crop
-    hh, ww = x.shape[-2:]
-    ys = _starts(hh, crop, stride)
-    xs = _starts(ww, crop, stride)
-    windows = [(y, x0) for y in ys for x0 in xs]
+    h, w = x.shape[-2:]
     total: Tensor | None = None
-    count = torch.zeros(1, 1, hh, ww, device=x.device)
-    for i in range(0, len(windows), cfg.window_batch):
-        chunk = windows[i : i + cfg.window_batch]
-        crops = torch.cat([x[:, :, y : y + crop, x0 : x0 + crop] for y, x0 in chunk])
-        out = _logits(net, crops, cfg).view(len(chunk), b, -1, crop, crop)  # (n, B, C, crop, crop)
-        if total is None:
-            total = x.new_zeros(b, out.shape[2], hh, ww, dtype=torch.float32)
-        for (y, x0), o in zip(chunk, out, strict=True):
-            total[:, :, y : y + crop, x0 : x0 + crop] += o
-            count[:, :, y : y + crop, x0 : x0 + crop] += 1
-    assert total is not None
-    return (total / count)[:, :, :h, :w]
-
-
-def _window_logits(net: nn.Module, crops: Tensor, cfg: InferenceConfig) -> Tensor:
-    """Logits of windows (n, 3, c, c) -> (n, C, c, c), averaged over the TTA scales and flips."""
-    size = crops.shape[-2:]
-    total = None
     for scale in cfg.scales:
-        xs = (
-            crops
-            if scale == 1.0
-            else F.interpolate(crops, scale_factor=scale, mode="bilinear", align_corners=False)
-        )
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))  # 1x1 images stay 1x1
+        xs = x if size == (h, w) else _resize(x, size)
         for flip in (False, True) if cfg.flip else (False,):
-            out = _logits(net, xs.flip(-1) if flip else xs, cfg)
-            out = out.flip(-1) if flip else out
-            if out.shape[-2:] != size:
-                out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-            total = out if total is None else total + out
+            logits = _logits(net, xs.flip(-1) if flip else xs, cfg)
+            logits = logits.flip(-1) if flip else logits
+            if logits.shape[-2:] != (h, w):
+                logits = _resize(logits, (h, w))
+            probs = logits.softmax(dim=1)
+            total = probs if total is None else total + probs
+    assert total is not None
     n = len(cfg.scales) * (2 if cfg.flip else 1)
     return total if n == 1 else total / n
 
 
 @torch.inference_mode()
-def slide_mask(
-    net: nn.Module,
-    rows: Callable[[int, int], Tensor],
-    size: tuple[int, int],
-    cfg: InferenceConfig,
-) -> Tensor:
-    """Sliding-window class mask of one (huge) image with memory bounded by its width.
-
-    The windows and the per-pixel mean of their logits are those of :func:`slide_logits`, so
-    without TTA the mask equals ``scores_to_mask(slide_logits(net, x, cfg))``. But the image is
-    normalised, and its logits kept, one band of ``crop`` rows at a time: memory is
-    O(C * crop * W) floats plus the (H, W) uint8 mask, instead of O(C * H * W) floats
-    (6.7 GB for 21 classes at 10000 x 8000). TTA (``scales``, ``flip``) is applied per window,
-    averaging logits.
-
-    Args:
-        net: Segmentation net mapping (n, 3, h, w) -> (n, C, h, w), C <= 256.
-        rows: ``rows(y0, y1)`` -> normalised image rows ``y0:y1``, (1, 3, y1 - y0, W).
-        size: Image size (H, W).
-        cfg: Crop, stride, window batch, TTA, autocast and memory-format options.
-
-    Returns:
-        Class indices (H, W), uint8.
-    """
-    h, w = size
-    crop, stride = cfg.crop, cfg.stride or max(cfg.crop * 2 // 3, 1)
-    hh, ww = max(h, crop), max(w, crop)
-    ys, xs = _starts(hh, crop, stride), _starts(ww, crop, stride)
-    mask = torch.empty(h, w, dtype=torch.uint8)
-    band: Tensor | None = None  # (crop, W', C) summed logits of rows [y, y + crop)
-    for i, y in enumerate(ys):
-        strip = rows(y, min(y + crop, h))  # (1, 3, <= crop, W)
-        strip = F.pad(strip, (0, ww - strip.shape[-1], 0, crop - strip.shape[-2]))
-        band = _add_band(net, strip, xs, cfg, band)
-        end = ys[i + 1] if i + 1 < len(ys) else hh  # rows above `end` are final
-        mask[y : min(end, h)] = band[: min(end, h) - y, :w].argmax(-1).to(torch.uint8)
-        keep = max(crop - (end - y), 0)
-        band[:keep] = band[crop - keep :].clone()
-        band[keep:] = 0
-    return mask
-
-
-def _add_band(
-    net: nn.Module, strip: Tensor, xs: list[int], cfg: InferenceConfig, band: Tensor | None
-) -> Tensor:
-    """Add the logits of the windows of one strip (1, 3, crop, W') to ``band`` (crop, W', C).
-
-    Classes are the band's last dimension: channels-last logits add to it, and the per-pixel
-    argmax reads it, contiguously.
-    """
-    crop = strip.shape[-2]
-    for i in range(0, len(xs), cfg.window_batch):
-        chunk = xs[i : i + cfg.window_batch]
-        crops = torch.cat([strip[..., x0 : x0 + crop] for x0 in chunk])  # (n, 3, crop, crop)
-        out = _window_logits(net, crops, cfg)  # (n, C, crop, crop)
-        if band is None:
-            band = strip.new_zeros(crop, strip.shape[-1], out.shape[1], dtype=torch.float32)
-        for x0, o in zip(chunk, out, strict=True):
-            band[:, x0 : x0 + crop] += o.permute(1, 2, 0)
-    assert band is not None
-    return band
-
-
-def _starts(size: int, crop: int, stride: int) -> list[int]:
-    """Window start offsets covering ``[0, size)``; the last window ends exactly at ``size``."""
-    n = max(math.ceil((size - crop) / stride), 0) + 1
-    return sorted({min(i * stride, size - crop) for i in range(n)})
-
-
-@torch.inference_mode()
 def predict_probs(net: nn.Module, x: Tensor, cfg: InferenceConfig | None = None) -> Tensor:
-    """Class probabilities at the input size, averaged over scales and flips.
+    """Class probabilities at the input size: TTA per window, windows averaged where they overlap.
 
     Args:
-        net: Segmentation net in eval mode.
+        net: Segmentation net in eval mode, on ``x``'s device.
         x: Normalised images (B, 3, H, W).
         cfg: Inference options; whole image, no TTA when None.
 
@@ -202,24 +183,85 @@ def predict_probs(net: nn.Module, x: Tensor, cfg: InferenceConfig | None = None)
         Probabilities (B, C, H, W), float32.
     """
     cfg = cfg or InferenceConfig()
-    h, w = x.shape[-2:]
+    ys, xs, ch, cw = windows(tuple(x.shape[-2:]), cfg)
+    if len(ys) == len(xs) == 1:
+        return tta_probs(net, x, cfg)
+    b = x.shape[0]
     total: Tensor | None = None
-    for scale in cfg.scales:
-        xs = (
-            x
-            if scale == 1.0
-            else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-        )
-        for flip in (False, True) if cfg.flip else (False,):
-            xi = xs.flip(-1) if flip else xs
-            logits = slide_logits(net, xi, cfg) if cfg.mode == "slide" else _logits(net, xi, cfg)
-            logits = logits.flip(-1) if flip else logits
-            if logits.shape[-2:] != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            probs = logits.softmax(dim=1)
-            total = probs if total is None else total + probs
+    count = torch.zeros(1, 1, *x.shape[-2:], device=x.device)
+    starts = [(y, x0) for y in ys for x0 in xs]
+    for i in range(0, len(starts), cfg.window_batch):
+        chunk = starts[i : i + cfg.window_batch]
+        crops = torch.cat([x[..., y : y + ch, x0 : x0 + cw] for y, x0 in chunk])  # (n*B, 3, ch, cw)
+        probs = tta_probs(net, crops, cfg)
+        probs = probs.view(len(chunk), b, -1, ch, cw)  # (n, B, C, ch, cw)
+        if total is None:
+            total = x.new_zeros(b, probs.shape[2], *x.shape[-2:], dtype=torch.float32)
+        for (y, x0), p in zip(chunk, probs, strict=True):
+            total[..., y : y + ch, x0 : x0 + cw] += p
+            count[..., y : y + ch, x0 : x0 + cw] += 1
     assert total is not None
-    return total / (len(cfg.scales) * (2 if cfg.flip else 1))
+    return total / count
+
+
+@torch.inference_mode()
+def predict_mask_banded(
+    net: nn.Module,
+    rows: Callable[[int, int], Tensor],
+    size: tuple[int, int],
+    cfg: InferenceConfig,
+) -> Tensor:
+    """Class mask of one (huge) image from sliding windows, one band of rows at a time.
+
+    The windows, their TTA and the per-pixel average are those of :func:`predict_probs` in
+    ``"slide"`` mode (always: a huge image is never run whole), added in the same order, so the
+    mask equals ``scores_to_mask(predict_probs(net, x, cfg))``. But the image is normalised, and
+    its probabilities kept, one band of ``crop`` rows at a time: memory is O(C * crop * W)
+    floats plus the (H, W) uint8 mask, instead of O(C * H * W) floats (6.7 GB for 21 classes
+    at 10000 x 8000).
+
+    Args:
+        net: Segmentation net mapping (n, 3, h, w) to logits (n, C, h, w), C <= 256.
+        rows: ``rows(y0, y1)`` -> normalised image rows ``y0:y1``, (1, 3, y1 - y0, W).
+        size: Image size (H, W).
+        cfg: Crop, stride, window batch, TTA and how to run the net.
+
+    Returns:
+        Class indices (H, W), uint8, on the CPU.
+    """
+    cfg = dataclasses.replace(cfg, mode="slide")
+    h, w = size
+    ys, xs, ch, cw = windows(size, cfg)
+    mask = torch.empty(h, w, dtype=torch.uint8)
+    band: Tensor | None = None  # (ch, W, C) summed probabilities of rows [y, y + ch)
+    for i, y in enumerate(ys):
+        band = _add_band(net, rows(y, y + ch), xs, cw, cfg, band)
+        end = ys[i + 1] if i + 1 < len(ys) else h  # rows above `end` are final
+        mask[y:end] = band[: end - y].argmax(-1).to(torch.uint8)
+        keep = ch - (end - y)  # rows [end, y + ch) overlap the next band
+        band[:keep] = band[end - y :].clone()
+        band[keep:] = 0
+    return mask
+
+
+def _add_band(
+    net: nn.Module, strip: Tensor, xs: list[int], cw: int, cfg: InferenceConfig, band: Tensor | None
+) -> Tensor:
+    """Add the window probabilities of one strip (1, 3, ch, W) to ``band`` (ch, W, C).
+
+    Classes are the band's last dimension: the per-pixel argmax then reads it contiguously.
+    """
+    device = _device(net)
+    for i in range(0, len(xs), cfg.window_batch):
+        chunk = xs[i : i + cfg.window_batch]
+        crops = torch.cat([strip[..., x0 : x0 + cw] for x0 in chunk]).to(device)  # (n, 3, ch, cw)
+        probs = tta_probs(net, crops, cfg).cpu()  # (n, C, ch, cw)
+        if band is None:
+            band = torch.zeros(strip.shape[-2], strip.shape[-1], probs.shape[1])
+        for x0, p in zip(chunk, probs, strict=True):
+            band[:, x0 : x0 + cw] += p.permute(1, 2, 0)
+    assert band is not None
+    return band
 
 
 def scores_to_mask(scores: Tensor, size: tuple[int, int] | None = None) -> Tensor:
@@ -234,7 +276,39 @@ def scores_to_mask(scores: Tensor, size: tuple[int, int] | None = None) -> Tenso
         Class indices (B, H, W), int64.
     """
     if size is not None and tuple(scores.shape[-2:]) != tuple(size):
-        scores = F.interpolate(
-            scores.float(), size=tuple(size), mode="bilinear", align_corners=False
-        )
+        scores = _resize(scores.float(), tuple(size))
     return scores.argmax(dim=1)
+
+
+def normalise(image: np.ndarray, transform: Any) -> Tensor:
+    """An RGB uint8 image (H, W, 3) through a checkpoint's eval transform: (1, 3, H', W')."""
+    return transform(image=image)["image"].unsqueeze(0)
+
+
+def image_rows(image: np.ndarray, transform: Any, y0: int, y1: int) -> Tensor:
+    """Rows ``y0:y1`` of an image (H, W, 3), normalised alone: (1, 3, y1 - y0, W).
+
+    Raises:
+        ValueError: The transform is not pixel-wise (it changed the size), so rows cannot be
+            normalised independently.
+    """
+    x = normalise(image[y0:y1], transform)
+    if tuple(x.shape[-2:]) != (y1 - y0, image.shape[1]):
+        raise ValueError(
+            "the checkpoint's eval transform changes the image size, so large images cannot be "
+            "predicted in bands; raise inference.slide_above"
+        )
+    return x
+
+
+def predict_mask(net: nn.Module, image: np.ndarray, transform: Any, cfg: InferenceConfig) -> Tensor:
+    """Class mask (H, W) uint8 of an RGB uint8 image (H, W, 3), at the image's own size.
+
+    Images whose longer side exceeds ``cfg.slide_above`` go through :func:`predict_mask_banded`,
+    so memory stays bounded by the image width instead of growing with classes x pixels.
+    """
+    h, w = image.shape[:2]
+    if cfg.slide_above is None or max(h, w) <= cfg.slide_above:
+        probs = predict_probs(net, normalise(image, transform).to(_device(net)), cfg)
+        return scores_to_mask(probs, (h, w))[0].to(torch.uint8).cpu()
+    return predict_mask_banded(net, partial(image_rows, image, transform), (h, w), cfg)

@@ -31,8 +31,8 @@ def metrics_from_confmat(confmat: Tensor) -> dict[str, Tensor]:
         confmat: (C, C) counts, rows = ground truth, columns = prediction.
 
     Returns:
-        Float32 tensors: "mIoU", "pixel_acc", "mean_acc" (mean per-class recall over classes
-        present in the ground truth), "fw_IoU" (IoU weighted by ground-truth frequency),
+        Float32 tensors: "mIoU", "pixel_accuracy", "mean_accuracy" (mean per-class recall over
+        classes present in the ground truth), "fw_IoU" (IoU weighted by ground-truth frequency),
         "per_class_IoU" (C,) and "confmat" (C, C), the input unchanged.
     """
     if confmat.ndim != 2 or confmat.shape[0] != confmat.shape[1]:
@@ -47,8 +47,8 @@ def metrics_from_confmat(confmat: Tensor) -> dict[str, Tensor]:
     present = gt > 0
     return {
         "mIoU": iou.nanmean().float(),
-        "pixel_acc": (tp.sum() / cm.sum()).float(),
-        "mean_acc": recall.nanmean().float(),
+        "pixel_accuracy": (tp.sum() / cm.sum()).float(),
+        "mean_accuracy": recall.nanmean().float(),
         "fw_IoU": (freq[present] * iou[present]).sum().float(),
         "per_class_IoU": iou.float(),
         "confmat": confmat,
@@ -74,6 +74,9 @@ class SegmentationMetrics(Metric):
     higher_is_better = True
     full_state_update = False
 
+    #: The scalar scores of ``compute()``, headline first.
+    SCORES = ("mIoU", "pixel_accuracy", "mean_accuracy", "fw_IoU")
+
     confmat: Tensor
 
     def __init__(
@@ -90,6 +93,9 @@ class SegmentationMetrics(Metric):
         self.validate_args = validate_args
         zeros = torch.zeros(num_classes, num_classes, dtype=torch.long)
         self.add_state("confmat", default=zeros, dist_reduce_fx="sum")
+        self.add_state(
+            "num_images", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum"
+        )
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Add one batch to the confusion matrix.
@@ -115,6 +121,7 @@ class SegmentationMetrics(Metric):
             self._check_range(p, "preds")
         bins = torch.bincount(t * self.num_classes + p, minlength=self.num_classes**2)
         self.confmat += bins.reshape(self.num_classes, self.num_classes)
+        self.num_images += target.shape[0]
 
     def _check_range(self, labels: Tensor, name: str) -> None:
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
@@ -124,8 +131,9 @@ class SegmentationMetrics(Metric):
             )
 
     def compute(self) -> dict[str, Tensor]:
-        """Scores of everything seen since the last reset; see :func:`metrics_from_confmat`."""
-        return metrics_from_confmat(self.confmat)
+        """Scores of everything seen since the last reset (:func:`metrics_from_confmat`), and
+        "num_images", the number of images scored."""
+        return {**metrics_from_confmat(self.confmat), "num_images": self.num_images.clone()}
 
 
 class LocalizationMetrics(Metric):
@@ -142,6 +150,9 @@ class LocalizationMetrics(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+
+    #: The scalar scores of ``compute()``, headline first.
+    SCORES = ("loc_acc", "mean_IoU", "CorLoc", "cls_acc")
 
     def __init__(self, iou_threshold: float = 0.5) -> None:
         super().__init__()

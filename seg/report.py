@@ -11,6 +11,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
+from seg.metrics import SegmentationMetrics
+from seg.utils import nan_to_none
+
 
 def metrics_record(
     results: dict[str, Any], class_names: Sequence[str], checkpoint: str
@@ -18,7 +21,7 @@ def metrics_record(
     """The ``metrics.json`` record of an evaluation.
 
     Args:
-        results: ``SegmentationMetrics.compute()`` output plus ``num_images``.
+        results: ``SegmentationMetrics.compute()`` output (scores, per-class IoU, image count).
         class_names: Names of the C classes.
         checkpoint: Path of the evaluated checkpoint.
 
@@ -28,18 +31,14 @@ def metrics_record(
         ``num_images`` and ``checkpoint``.
     """
     per_class = results["per_class_IoU"].tolist()
-    return {
-        "mIoU": float(results["mIoU"]),
-        "pixel_accuracy": float(results["pixel_acc"]),
-        "mean_accuracy": float(results["mean_acc"]),
-        "fw_IoU": float(results["fw_IoU"]),
-        "per_class_IoU": {
-            name: (None if v != v else float(v))
-            for name, v in zip(class_names, per_class, strict=True)
-        },
-        "num_images": int(results["num_images"]),
-        "checkpoint": checkpoint,
-    }
+    return nan_to_none(
+        {
+            **{key: float(results[key]) for key in SegmentationMetrics.SCORES},
+            "per_class_IoU": dict(zip(class_names, per_class, strict=True)),
+            "num_images": int(results["num_images"]),
+            "checkpoint": checkpoint,
+        }
+    )
 
 
 def print_table(record: dict[str, Any], console: Console | None = None) -> None:
@@ -50,7 +49,7 @@ def print_table(record: dict[str, Any], console: Console | None = None) -> None:
     for name, iou in record["per_class_IoU"].items():
         table.add_row(name, "—" if iou is None else f"{100 * iou:.2f}")
     table.add_section()
-    for key in ("mIoU", "pixel_accuracy", "mean_accuracy", "fw_IoU"):
+    for key in SegmentationMetrics.SCORES:
         table.add_row(f"[bold]{key}", f"[bold]{100 * record[key]:.2f}")
     (console or Console()).print(table)
 

@@ -16,21 +16,17 @@ restarts its epoch on a fresh data loader, and RNG states are not saved. So:
   epoch from its start and, in deterministic mode, ends with exactly the metrics of an
   uninterrupted run. After a normal end ``epoch_start.ckpt`` is removed.
 
-:func:`signal_exit_codes` gives the process the conventional exit status 128 + signal number:
-130 after SIGINT (Lightning itself exits 1) and 143 after SIGTERM (Lightning exits 0).
+:func:`seg.cli.run` gives the process the conventional exit status 130 / 143 afterwards.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import re
 import shlex
-import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +36,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-log = logging.getLogger(__name__)
+from seg.errors import NonFiniteLossError
 
-#: Exit status after each signal: 128 + the signal number, as shells report a killed process.
-EXIT_CODES = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
+log = logging.getLogger(__name__)
 
 
 def epoch_seeds(seed: int, epoch: int, rank: int) -> tuple[int, int]:
@@ -188,29 +183,6 @@ def as_epoch_boundary(checkpoint: dict[str, Any]) -> None:
     for counts in (progress["total"], progress["current"]):
         if counts["ready"] == counts["started"] + 1:
             counts["ready"] -= 1
-
-
-@contextlib.contextmanager
-def signal_exit_codes() -> Iterator[None]:
-    """Exit with 130 after SIGINT and 143 after SIGTERM, around ``Trainer.fit`` and friends.
-
-    Lightning ends a run stopped by Ctrl+C with ``sys.exit(1)`` and one stopped by SIGTERM with
-    ``SIGTERMException``, a ``SystemExit`` with status 0, which job schedulers take for success.
-    """
-    try:
-        yield
-    except SIGTERMException:
-        sys.exit(EXIT_CODES[signal.SIGTERM])
-    except KeyboardInterrupt:
-        sys.exit(EXIT_CODES[signal.SIGINT])
-    except SystemExit as stop:
-        if isinstance(stop.__context__, KeyboardInterrupt):  # Lightning's exit after Ctrl+C
-            sys.exit(EXIT_CODES[signal.SIGINT])
-        raise
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run was stopped before the optimizer step."""
 
 
 class FiniteLossGuard(L.Callback):

@@ -2,8 +2,8 @@
 the data has loaded and the first epoch has run.
 
 :func:`validate_config` collects every problem into one :class:`ConfigError` whose message names
-each offending key with its value and the rule it breaks, on one line. ``train.py`` and
-``evaluate.py`` print it and exit with status 2. Keys a config does not have are not checked
+each offending key with its value and the rule it breaks, on one line; :func:`seg.cli.run`
+checks every entry point's config with it before the task starts (exit status 2). Keys a config does not have are not checked
 (``evaluate.py`` has no optimizer), so one function serves both entry points.
 
 Unknown group options (``model=nope``) never get here: Hydra refuses them while composing and
@@ -18,12 +18,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from seg.constants import NUM_CLASSES
+from seg.errors import ConfigError
 
 Check = Callable[[Any], bool]
-
-
-class ConfigError(ValueError):
-    """An invalid config value. The message names every bad key, on one line."""
 
 
 def _num(v: Any) -> bool:
@@ -196,12 +193,3 @@ def validate_config(cfg: DictConfig) -> None:
     found = problems(cfg)
     if found:
         raise ConfigError(f"invalid config: {'; '.join(found)}")
-
-
-def error_line(err: BaseException) -> str:
-    """A one-line message for ``err``; DataLoader workers wrap the original error in a
-    traceback, whose last line is the original message."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(err).__name__
-    prefix = f"{type(err).__module__}.{type(err).__name__}: "
-    return last.removeprefix(prefix)

@@ -14,20 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import seg  # noqa: F401  (resolvers)
+from seg.cli import error_line, run
 from seg.constants import VOC_PALETTE
-from seg.data.errors import BadSampleError
 from seg.data.io import read_mask
 from seg.data.voc import VOCLocalization, VOCSegmentation
-from seg.evaluate import main as evaluate_main
-from seg.train import main as train_main
-from seg.validate import error_line
+from seg.errors import BadSampleError
+from seg.evaluate import evaluate
+from seg.train import train
 
-REPO = Path(__file__).resolve().parents[1]
 H, W = 24, 32
 
 
@@ -143,16 +141,11 @@ def test_worker_error_reduces_to_one_line_naming_the_file(tmp_path):
     assert line.startswith(f"{jpg}: cannot decode image") and "\n" not in line
 
 
-def compose_cfg(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
-
-
 def test_train_stops_on_a_corrupt_image_with_one_line(tmp_path, capsys):
     good = palette_png(labels())
     root = voc_root(tmp_path / "data", {"a": good, "b": good, "v": good}, val="v")
     _truncate(root / "VOC2012/JPEGImages/b.jpg")
-    cfg = compose_cfg(
+    cfg = compose(
         "train",
         "model=unet_mobilenetv2",
         "augment=sample",
@@ -167,7 +160,7 @@ def test_train_stops_on_a_corrupt_image_with_one_line(tmp_path, capsys):
         f"paths.output_dir={tmp_path / 'run'}",
     )
     with pytest.raises(SystemExit) as exit_:
-        train_main(cfg)
+        run(train, cfg)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 1 and len(err) == 1
     assert err[0].startswith(f"error: {root / 'VOC2012/JPEGImages/b.jpg'}: cannot decode image")
@@ -182,7 +175,7 @@ def test_evaluate_stops_on_a_bad_mask_with_one_line(tmp_path, capsys):
     state = {f"net.{k}": v for k, v in torch.nn.Conv2d(3, 21, 1).state_dict().items()}
     torch.save({"seg_config": config, "state_dict": state}, tmp_path / "c.ckpt")
     root = voc_root(tmp_path / "data", {"a": palette_png(labels()), "b": bad_mask("values")[0]})
-    cfg = compose_cfg(
+    cfg = compose(
         "evaluate",
         f"ckpt={tmp_path / 'c.ckpt'}",
         f"data.root={root}",
@@ -191,7 +184,7 @@ def test_evaluate_stops_on_a_bad_mask_with_one_line(tmp_path, capsys):
         f"paths.output_dir={tmp_path / 'eval'}",
     )
     with pytest.raises(SystemExit) as exit_:
-        evaluate_main(cfg)
+        run(evaluate, cfg)
     err = capsys.readouterr().err.strip().splitlines()
     png = root / "VOC2012/SegmentationClass/b.png"
     assert exit_.value.code == 1 and len(err) == 1

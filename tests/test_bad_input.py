@@ -18,20 +18,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from conftest import REPO, compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-import seg  # noqa: F401  (resolvers)
+import seg.inference as I
 from seg import predict as P
-from seg.data.errors import BadSampleError
+from seg.cli import run
 from seg.data.io import read_image
-from seg.inference import InferenceConfig, scores_to_mask, slide_logits, slide_mask
+from seg.errors import BadSampleError
+from seg.inference import InferenceConfig, predict_mask_banded, predict_probs, scores_to_mask
 
-REPO = Path(__file__).resolve().parents[1]
 PERSON = 15
 NORMALIZE = {"_target_": "albumentations.Normalize", "mean": [0, 0, 0], "std": [1, 1, 1]}
 TO_TENSOR = {"_target_": "albumentations.pytorch.ToTensorV2"}
@@ -69,11 +68,13 @@ def colour_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def predict(ckpt: Path, src: Path, out: Path, *overrides: str) -> int:
-    """Run ``seg.predict.main`` as ``predict.py`` would; returns the exit status."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        overrides = (f"ckpt={ckpt}", f"input={src}", f"output={out}", *overrides)
-        cfg = compose(config_name="predict", overrides=list(overrides))
-    return P.main(cfg)
+    """Run ``seg.predict.predict`` as ``predict.py`` does; returns the exit status."""
+    cfg = compose("predict", f"ckpt={ckpt}", f"input={src}", f"output={out}", *overrides)
+    try:
+        run(P.predict, cfg)
+    except SystemExit as stop:
+        return stop.code
+    return 0
 
 
 def mask_of(out: Path, stem: str) -> np.ndarray:
@@ -161,8 +162,7 @@ def test_predict_writes_mask_in_displayed_orientation(colour_ckpt, tmp_path, ori
 
 
 def test_one_pixel_image_with_a_real_net(tmp_path: Path) -> None:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["model=unet_mobilenetv2"])  # stride 32
+    cfg = compose("train", "model=unet_mobilenetv2")  # stride 32
     net = instantiate(cfg.model.net)
     config = {"model": OmegaConf.to_container(cfg.model), "augment": {"eval": EVAL}}
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
@@ -186,7 +186,7 @@ def test_batch_never_stops_for_one_bad_file(colour_ckpt, tmp_path, capsys, monke
     (src / "c.png").write_text("an image suffix, but text")
     (src / "notes.txt").write_text("not an image")
     (src / "labels.csv").write_text("a,b\n")
-    segment = P.segment
+    segment = P.predict_mask
 
     def failing(net, image, *rest):  # the third image to reach inference (e.png) fails
         if failing.calls == 2:
@@ -195,7 +195,7 @@ def test_batch_never_stops_for_one_bad_file(colour_ckpt, tmp_path, capsys, monke
         return segment(net, image, *rest)
 
     failing.calls = 0
-    monkeypatch.setattr(P, "segment", failing)
+    monkeypatch.setattr(P, "predict_mask", failing)
     assert predict(colour_ckpt, src, out) == 1
     std = capsys.readouterr()
     assert "2 written, 0 already done, 3 failed, 2 non-image files ignored" in std.out
@@ -206,7 +206,7 @@ def test_batch_never_stops_for_one_bad_file(colour_ckpt, tmp_path, capsys, monke
     assert "cannot decode" in failed[0] and "RuntimeError: out of memory second line" in failed[2]
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "d.png"]
     np.testing.assert_array_equal(mask_of(out, "a"), red_mask(quadrants()))
-    monkeypatch.setattr(P, "segment", segment)
+    monkeypatch.setattr(P, "predict_mask", segment)
     assert predict(colour_ckpt, src, out) == 1  # a re-run redoes only what failed
     assert "1 written, 2 already done, 2 failed" in capsys.readouterr().out
 
@@ -233,39 +233,19 @@ def conv_net() -> nn.Module:
 
 
 @pytest.mark.parametrize("size", [(150, 230), (1, 1), (40, 100)])
-def test_slide_mask_equals_full_slide_logits(size: tuple[int, int]) -> None:
+def test_banded_mask_equals_full_slide_probabilities(size: tuple[int, int]) -> None:
     net, x = conv_net().eval(), torch.randn(1, 3, *size)
-    cfg = InferenceConfig(mode="slide", crop=48, stride=31, window_batch=3)
+    cfg = InferenceConfig(mode="slide", crop=48, stride=31, window_batch=3, flip=True)
     seen: list[int] = []
 
     def rows(y0: int, y1: int) -> torch.Tensor:
         seen.append(y1 - y0)
         return x[:, :, y0:y1]
 
-    mask = slide_mask(net, rows, size, cfg)
+    mask = predict_mask_banded(net, rows, size, cfg)
     assert mask.dtype == torch.uint8 and mask.shape == size
-    assert torch.equal(mask.long(), scores_to_mask(slide_logits(net, x, cfg))[0])
+    assert torch.equal(mask.long(), scores_to_mask(predict_probs(net, x, cfg))[0])
     assert max(seen) <= cfg.crop  # never more than one band of the image at a time
-
-
-def test_slide_mask_tta_is_per_window() -> None:
-    net, x = conv_net().eval(), torch.randn(1, 3, 70, 90)
-    cfg = InferenceConfig(mode="slide", crop=32, stride=20, flip=True, scales=(0.5, 1.0))
-
-    def tta(c: torch.Tensor) -> torch.Tensor:  # the same net with the TTA inside each window
-        outs = []
-        for s in cfg.scales:
-            cs = F.interpolate(c, scale_factor=s, mode="bilinear") if s != 1 else c
-            for o in (net(cs), net(cs.flip(-1)).flip(-1)):
-                outs.append(F.interpolate(o, size=c.shape[-2:], mode="bilinear"))
-        return torch.stack(outs).mean(0)
-
-    def rows(y0: int, y1: int) -> torch.Tensor:
-        return x[:, :, y0:y1]
-
-    plain = InferenceConfig(mode="slide", crop=32, stride=20)
-    want = slide_mask(tta, rows, (70, 90), plain)
-    assert (slide_mask(net, rows, (70, 90), cfg) == want).float().mean() > 0.999
 
 
 def test_predict_above_slide_above_goes_band_by_band(colour_ckpt, tmp_path, monkeypatch):
@@ -273,9 +253,9 @@ def test_predict_above_slide_above_goes_band_by_band(colour_ckpt, tmp_path, monk
     image[37:261, 101:333] = (255, 0, 0)
     Image.fromarray(image).save(tmp_path / "big.png")
     heights: list[int] = []
-    rows = P.image_rows
-    monkeypatch.setattr(P, "image_rows", lambda *a: heights.append(a[3] - a[2]) or rows(*a))
-    monkeypatch.setattr(P, "predict_probs", lambda *a: pytest.fail("full-size probabilities"))
+    rows = I.image_rows
+    monkeypatch.setattr(I, "image_rows", lambda *a: heights.append(a[3] - a[2]) or rows(*a))
+    monkeypatch.setattr(I, "predict_probs", lambda *a: pytest.fail("full-size probabilities"))
     overrides = ["inference.slide_above=256", "inference.crop=64", "save.overlay=true"]
     assert predict(colour_ckpt, tmp_path / "big.png", tmp_path / "out", *overrides) == 0
     np.testing.assert_array_equal(mask_of(tmp_path / "out", "big"), red_mask(image))

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "run.py"
 PER_MODEL = ("train_vs_plain", "train_roofline_fraction", "infer_roofline_fraction")
 SCALARS = ("vs_torchvision_reference", "loader_vs_model", "predict_vs_model", "peak_rss_mb")

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import load_preset
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DistributedSampler
 
 from seg.data.datamodule import ShardSampler, VOCDataModule, pad_collate, seed_worker_transform
-from seg.data.errors import DatasetNotFoundError
-from seg.data.transforms import load_preset
+from seg.errors import DatasetNotFoundError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -4,12 +4,11 @@ initialisation, receptive fields, parameter counts, sizes and the Hydra model co
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from conftest import REPO, compose
 from hydra.utils import instantiate
 from torch import nn
 
@@ -22,7 +21,6 @@ from seg.models.dilation import (
 )
 from seg.models.receptive_field import receptive_field
 
-REPO = Path(__file__).resolve().parents[1]
 C = 21
 # Table 1 of the paper: receptive field after each context layer.
 TABLE1_FIELDS = (3, 5, 9, 17, 33, 65, 67, 67)
@@ -154,8 +152,7 @@ CONFIGS = [("dilation_frontend", ()), ("dilation_context", ()), ("dilation_conte
 def compose_model(name: str, context: tuple[str, ...] = ()):
     """``cfg.model`` of ``train.yaml`` with ``model=<name>`` (and ``model.context=<variant>``)."""
     overrides = [f"model={name}", *(f"model.context={v}" for v in context)]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides).model
+    return compose("train", *overrides).model
 
 
 def stated_params(name: str, context: tuple[str, ...]) -> float:

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from seg.data.download import (
     MARKER,
@@ -30,7 +31,6 @@ from seg.data.download import (
     safe_extract,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGE = bytes(range(256)) * 1200  # 300 KiB, so a resume point falls mid-file
 SPLIT = b"2007_000032\n2007_000039\n"
 

@@ -7,13 +7,14 @@ from pathlib import Path
 import huggingface_hub.constants as hf_constants
 import pytest
 import torch
+from conftest import SHARED
 from safetensors.torch import save_file
 from segmentation_models_pytorch.encoders import encoders as smp_encoder_table
 from torch import nn
 
-from seg.models.encoders import MobileNetV2Encoder, PretrainedWeightsNotFoundError, smp_encoder
+from seg.errors import PretrainedWeightsNotFoundError
+from seg.models.encoders import MobileNetV2Encoder, smp_encoder
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_035_imagenet_features.pth"
 needs_weights = pytest.mark.skipif(
     not MOBILENET_WEIGHTS.is_file(), reason="shared MobileNetV2 weights not present"

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import REPO, compose
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seg  # noqa: F401  (resolvers)
 from seg.train import build_module, train
 
-REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
 #: Per experiment: overrides that make it runnable offline in a few seconds.
@@ -36,8 +35,7 @@ OFFLINE = {
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return compose("train", *overrides)
 
 
 def test_every_experiment_is_tested() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import REPO, compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -32,7 +32,6 @@ from seg.modules.segmentation import SegmentationModule
 from seg.resilience import NonFiniteLossError, hydra_value
 from seg.train import train
 
-REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
 
@@ -166,8 +165,7 @@ def test_resume_ends_with_the_metrics_of_an_uninterrupted_run(
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides(sample_root, f"paths.output_dir={tmp_path}"))
+    cfg = compose("train", *overrides(sample_root, f"paths.output_dir={tmp_path}"))
     reference = train(cfg)
 
     after = json.loads((run.run_dir / "metrics.json").read_text())
@@ -231,8 +229,7 @@ def test_trainer_presets_write_checkpoints_atomically() -> None:
     from hydra.utils import instantiate
 
     for preset in ("default", "cpu", "ddp"):
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose("train", [f"trainer={preset}", "trainer.accelerator=cpu"])
+        cfg = compose("train", f"trainer={preset}", "trainer.accelerator=cpu")
         trainer = instantiate(cfg.trainer, logger=False)
         assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO), preset
 
@@ -251,8 +248,7 @@ def test_non_finite_loss_stops_before_the_step_and_names_the_files(
         return loss
 
     monkeypatch.setattr(SegmentationModule, "training_step", nan_at_step_3)
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides(sample_root, f"paths.output_dir={tmp_path}"))
+    cfg = compose("train", *overrides(sample_root, f"paths.output_dir={tmp_path}"))
     with pytest.raises(NonFiniteLossError) as info:
         train(cfg)
     message = str(info.value)

@@ -18,8 +18,8 @@ def make(**kwargs) -> Localizer:
 @pytest.mark.parametrize("size", [(23, 23), (333, 250)])
 def test_class_agnostic_outputs(size: tuple[int, int]) -> None:
     out = make(num_classes=20).eval()(torch.randn(3, 3, *size))
-    assert set(out) == {"logits", "box"}
-    assert out["logits"].shape == (3, 20)
+    assert set(out) == {"cls", "box"}
+    assert out["cls"].shape == (3, 20)
     assert out["box"].shape == (3, 4)
     assert (out["box"] >= 0).all() and (out["box"] <= 1).all()
 
@@ -77,11 +77,11 @@ def test_per_class_gradient_flows_only_through_the_selected_box() -> None:
 def test_shared_mask_decoder(size: tuple[int, int]) -> None:
     net = make(num_classes=20, seg_decoder=True, decoder_channels=(16, 8, 8, 8, 8))
     out = net(torch.randn(2, 3, *size))
-    assert set(out) == {"logits", "box", "mask"}
-    assert out["mask"].shape == (2, 21, *size)
+    assert set(out) == {"cls", "box", "out"}
+    assert out["out"].shape == (2, 21, *size)
     ups = [m for m in net.decoder.modules() if isinstance(m, nn.ConvTranspose2d)]
     assert len(ups) == 5 and all(m.stride == (2, 2) for m in ups)
-    out["mask"].mean().backward()  # the mask loss trains the shared encoder
+    out["out"].mean().backward()  # the mask loss trains the shared encoder
     assert net.encoder.features[0][0].weight.grad.abs().sum() > 0
 
 
@@ -92,7 +92,7 @@ def test_mask_decoder_leaves_classification_unchanged() -> None:
     x = torch.randn(1, 3, 64, 64)  # a multiple of 32: no padding
     with torch.no_grad():
         a, b = plain(x), joint(x)
-    torch.testing.assert_close(a["logits"], b["logits"])
+    torch.testing.assert_close(a["cls"], b["cls"])
     torch.testing.assert_close(a["box"], b["box"])
 
 

@@ -21,7 +21,7 @@ CONFMAT = torch.tensor([[3, 1, 0], [0, 3, 1], [1, 0, 2]])
 # IoU = tp / (gt + pred - tp) = (3/5, 3/5, 2/4); mIoU = 1.7 / 3
 # pixel acc = 8/11; recall = (3/4, 3/4, 2/3), mean acc = 13/18
 # fwIoU = (4 * 0.6 + 4 * 0.6 + 3 * 0.5) / 11 = 6.3 / 11
-EXPECTED = {"mIoU": 1.7 / 3, "pixel_acc": 8 / 11, "mean_acc": 13 / 18, "fw_IoU": 6.3 / 11}
+EXPECTED = {"mIoU": 1.7 / 3, "pixel_accuracy": 8 / 11, "mean_accuracy": 13 / 18, "fw_IoU": 6.3 / 11}
 
 
 def seg_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 3) -> dict:
@@ -58,7 +58,7 @@ def test_class_absent_from_target_and_prediction_is_nan_and_excluded() -> None:
     iou = scores["per_class_IoU"]
     assert iou[:2].tolist() == pytest.approx([1 / 2, 2 / 3]) and math.isnan(iou[2])
     assert scores["mIoU"].item() == pytest.approx(7 / 12)  # not (1/2 + 2/3 + 0) / 3
-    assert scores["mean_acc"].item() == pytest.approx((1 / 2 + 1) / 2)
+    assert scores["mean_accuracy"].item() == pytest.approx((1 / 2 + 1) / 2)
 
 
 def test_class_only_predicted_has_iou_zero_and_counts_in_miou() -> None:
@@ -66,7 +66,9 @@ def test_class_only_predicted_has_iou_zero_and_counts_in_miou() -> None:
     scores = seg_scores(torch.tensor([[0, 2, 1, 1]]), torch.tensor([[0, 0, 1, 1]]))
     assert scores["per_class_IoU"].tolist() == pytest.approx([1 / 2, 1.0, 0.0])
     assert scores["mIoU"].item() == pytest.approx(1 / 2)
-    assert scores["mean_acc"].item() == pytest.approx(3 / 4)  # class 2 absent from gt: excluded
+    assert scores["mean_accuracy"].item() == pytest.approx(
+        3 / 4
+    )  # class 2 absent from gt: excluded
     # fwIoU = 2/4 * 1/2 + 2/4 * 1
     assert scores["fw_IoU"].item() == pytest.approx(3 / 4)
 

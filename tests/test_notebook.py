@@ -6,8 +6,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
 
 

@@ -8,36 +8,12 @@ predict.py's PNG masks against the ground-truth PNGs.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_entry as run
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run(
-    script: str, *overrides: str, check: bool = True, timeout: int = 600
-) -> subprocess.CompletedProcess:
-    """Run ``python <script> <overrides>`` in the repo, as a user would."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, *script.split(), *overrides],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    return proc
 
 
 @pytest.fixture(scope="module")

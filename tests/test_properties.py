@@ -11,11 +11,11 @@ import copy
 import albumentations as A
 import numpy as np
 import torch
+from conftest import load_preset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seg.constants import IGNORE_INDEX, NUM_CLASSES
-from seg.data.transforms import load_preset
 from seg.metrics import SegmentationMetrics
 
 CROP = 48
@@ -167,4 +167,4 @@ def test_perfect_prediction_scores_one_for_present_classes(maps) -> None:
     assert torch.equal(iou[present], torch.ones(int(present.sum())))
     assert torch.isnan(iou[~present]).all()
     if present.any():
-        assert scores["mIoU"] == 1 and scores["pixel_acc"] == 1
+        assert scores["mIoU"] == 1 and scores["pixel_accuracy"] == 1

@@ -95,14 +95,14 @@ def test_model_is_not_modified() -> None:
     )
 
 
-def test_dict_output_uses_mask() -> None:
+def test_dict_output_uses_the_per_pixel_logits() -> None:
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.small, self.big = conv(3, 2, 3), conv(3, 2, 5)
 
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"logits": self.small(x), "mask": self.big(x)}
+            return {"cls": self.small(x).mean((2, 3)), "out": self.big(x)}
 
     assert receptive_field(Net(), 21) == (5, 5)
 

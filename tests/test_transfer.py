@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 # Measured with these settings (bench/transfer.py docstring): mean paired gains +0.044 mIoU and
 # +0.10 pixel accuracy, every one of the 4 runs won. The thresholds keep half of that margin, so
 # that other CPUs' bf16 numerics (AMX vs AVX512-BF16) cannot flip the result, yet a broken
@@ -33,7 +31,9 @@ def test_imagenet_encoder_beats_random_init_on_real_voc() -> None:
         pytest.skip("../shared (VOC sample and MobileNetV2 weights) is not available")
     results = bench.compare(seeds=(0,))  # 4 folds x 1 seed, paired runs
     pre, rand = (np.array(results[arm]["mIoU"]) for arm in ("pretrained", "random"))
-    pre_acc, rand_acc = (np.array(results[arm]["pixel_acc"]) for arm in ("pretrained", "random"))
+    pre_acc, rand_acc = (
+        np.array(results[arm]["pixel_accuracy"]) for arm in ("pretrained", "random")
+    )
     assert len(pre) == len(rand) == 4
     assert (pre > rand).sum() >= 3, results  # wins most paired runs
     assert pre.mean() > rand.mean() + MIOU_MARGIN, results

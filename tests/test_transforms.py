@@ -5,11 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import load_preset
 
-from seg.data.transforms import denormalize, load_preset
 from seg.data.voc import VOCLocalization, VOCSegmentation
 
 VALID = set(range(21)) | {255}
+MEAN, STD = np.array((0.485, 0.456, 0.406)), np.array((0.229, 0.224, 0.225))  # ImageNet
+
+
+def denormalize(image: np.ndarray) -> np.ndarray:
+    """Undo ``A.Normalize``: float (3, H, W) -> uint8 (H, W, 3)."""
+    x = image.transpose(1, 2, 0) * STD + MEAN
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _image_and_mask(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

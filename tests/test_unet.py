@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import hydra
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from conftest import REPO, compose
 from torch import nn
 
 from seg.models.blocks import pad_to_multiple
 from seg.models.encoders import MobileNetV2Encoder
 from seg.models.unet import EncoderUNet, UNet
 
-REPO = Path(__file__).resolve().parents[1]
 MY_CONFIGS = ["unet", "unet_resnet34", "unet_mobilenetv2", "localizer"]
 
 
@@ -138,9 +136,7 @@ def test_encoder_unet_channel_arithmetic_and_depth_check() -> None:
 
 
 def compose_net_cfg(name: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={name}"])
-    return cfg.model.net
+    return compose("train", f"model={name}").model.net
 
 
 def header(name: str) -> tuple[float, int]:
@@ -174,7 +170,7 @@ def test_config_forward_backward_333x250(name: str) -> None:
     x = torch.randn(2, 3, 333, 250)
     start = time.perf_counter()
     out = net(x)
-    logits = out["logits"] if isinstance(out, dict) else out
+    logits = out["cls"] if isinstance(out, dict) else out
     loss = logits.float().square().mean() + (out["box"].sum() if isinstance(out, dict) else 0)
     loss.backward()
     if not isinstance(out, dict):

@@ -10,27 +10,24 @@ from __future__ import annotations
 
 import builtins
 import io
-import os
 import pickle
-import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_entry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from seg.callbacks import LoadWeights
-from seg.checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from seg.checkpoint import AtomicCheckpointIO, load_checkpoint
 from seg.data.archive import UnsafeArchiveError, safe_extract
-from seg.models.encoders import read_state_dict
+from seg.errors import CheckpointError
+from seg.models.weights import read_state_dict
 from seg.predict import safe_stem
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class Payload:
@@ -89,8 +86,8 @@ def test_lightning_resume_path_refuses_pickled_code(evil: tuple[Path, Path]) -> 
 
 def test_weight_files_refuse_pickled_code(evil: tuple[Path, Path]) -> None:
     path, marker = evil
-    with pytest.raises(Exception, match="Weights only load failed"):
-        read_state_dict(path)  # encoder weights (.pth)
+    with pytest.raises(CheckpointError, match="refused"):
+        read_state_dict(path)  # encoder and VGG16 weights (.pth)
     with pytest.raises(CheckpointError, match="refused"):
         LoadWeights(str(path)).on_fit_start(_NoResume(), None)  # staged recipes
     assert not marker.exists()
@@ -98,18 +95,6 @@ def test_weight_files_refuse_pickled_code(evil: tuple[Path, Path]) -> None:
 
 class _NoResume:
     ckpt_path = None
-
-
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, script, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
 
 
 @pytest.mark.parametrize("script", ["evaluate.py", "predict.py"])
@@ -120,7 +105,7 @@ def test_entry_points_refuse_pickled_code_in_one_line(script: str, tmp_path: Pat
     args = [f"ckpt={path}", f"hydra.run.dir={tmp_path / 'run'}"]
     if script == "predict.py":
         args += [f"input={tmp_path / 'photo.png'}", f"output={tmp_path / 'out'}"]
-    proc = run(script, *args)
+    proc = run_entry(script, *args, check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and "evil.ckpt" in lines[0] and "refused" in lines[0], lines

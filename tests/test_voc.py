@@ -13,7 +13,6 @@ import scipy.io
 from PIL import Image
 
 from seg.constants import VOC_CLASSES, VOC_PALETTE
-from seg.data.errors import BadSampleError, DatasetNotFoundError
 from seg.data.sbd import SBDSegmentation, build_trainaug_ids, check_no_leak, read_sbd_mat
 from seg.data.voc import (
     VOCLocalization,
@@ -23,6 +22,7 @@ from seg.data.voc import (
     read_image,
     read_mask,
 )
+from seg.errors import BadSampleError, DatasetNotFoundError
 
 # Classes of the real masks, computed once from the PNGs and checked against the photos
 # (e.g. 2007_000063 is a dog asleep on a chair, 2007_001185 a person with a cat at a table).

@@ -3,6 +3,6 @@
 and the downloader (``download``). Import from the submodules; this package stays import-light.
 """
 
-from seg.data.errors import BadSampleError, DatasetNotFoundError
+from seg.errors import BadSampleError, DatasetNotFoundError
 
 __all__ = ["BadSampleError", "DatasetNotFoundError"]

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from seg.constants import IGNORE_INDEX, NUM_CLASSES, VOC_PALETTE
-from seg.data.errors import BadSampleError
+from seg.errors import BadSampleError
 
 __all__ = ["check_mask_size", "read_image", "read_mask", "validate_mask"]
 

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from seg.data.errors import BadSampleError
 from seg.data.voc import (
     VOCSegmentation,
     dataset_not_found,
@@ -30,6 +29,7 @@ from seg.data.voc import (
     read_mask,
     validate_mask,
 )
+from seg.errors import BadSampleError
 
 
 def check_no_leak(train_ids: Iterable[str], val_ids: Iterable[str], what: str = "train") -> None:

@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import Dataset
 
 from seg.constants import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
-from seg.data.errors import BadSampleError, DatasetNotFoundError
 from seg.data.io import check_mask_size, read_image, read_mask, validate_mask
+from seg.errors import BadSampleError, DatasetNotFoundError
 
 __all__ = [
     "IGNORE_INDEX",
@@ -126,7 +126,7 @@ def dataset_not_found(root: str | Path, what: Path, sbd: bool = False) -> Datase
             f"PASCAL VOC 2012 was not found under {root}. Run `python -m seg.data.download` "
             "or train on the synthetic sample: `python train.py experiment=quickstart`."
         )
-    return DatasetNotFoundError(f"{msg}\n(missing: {what})")
+    return DatasetNotFoundError(f"{msg} (missing: {what})")
 
 
 class _VOCBase(Dataset):

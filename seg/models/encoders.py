@@ -14,7 +14,6 @@ weights that cannot be read raise; they never fall back silently to random init.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -25,64 +24,8 @@ from segmentation_models_pytorch.encoders import encoders as smp_encoder_table
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
-# Keys of ImageNet classifier heads: dropped from checkpoints, never expected by an encoder.
-HEAD_PREFIXES = ("fc.", "classifier.", "last_linear.", "head.")
-
-
-class PretrainedWeightsNotFoundError(FileNotFoundError):
-    """Pretrained weights were asked for but cannot be read (offline, or a wrong path)."""
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``).
-
-    Args:
-        path: Local file.
-
-    Returns:
-        The name -> tensor mapping, on CPU.
-
-    Raises:
-        PretrainedWeightsNotFoundError: ``path`` is not a file.
-        ValueError: The file does not hold a mapping of tensors.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise PretrainedWeightsNotFoundError(f"Encoder weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict")
-    return dict(state)
-
-
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``module`` strictly, ignoring only ImageNet classifier-head keys.
-
-    Args:
-        module: Target module.
-        state: Name -> tensor mapping (keys relative to ``module``).
-        source: Where ``state`` came from, for the error message.
-
-    Raises:
-        ValueError: Keys are missing or unexpected, or a tensor shape differs.
-    """
-    state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
-    expected = set(module.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"Weights in {source} do not match {type(module).__name__}: "
-            f"{len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}"
-        )
-    try:
-        nn.Module.load_state_dict(module, state, strict=True)
-    except RuntimeError as err:  # shape mismatch
-        raise ValueError(f"Weights in {source} do not fit {type(module).__name__}: {err}") from err
+from seg.errors import PretrainedWeightsNotFoundError
+from seg.models.weights import load_strict, read_state_dict
 
 
 def hub_weights_path(name: str, weights: str) -> Path:

@@ -7,15 +7,15 @@ by all classes, "SCR") or per-class (one box per class, "PCR"; the loss uses the
 ground-truth class). The segmentation branch is the transposed-conv U-Net decoder of
 ``seg.models.unet`` (Ronneberger et al., https://arxiv.org/abs/1505.04597).
 
-Output contract of ``Localizer.forward`` (dict):
+Output of ``Localizer.forward``: a dict following the contract of :mod:`seg.models`:
 
-- ``"logits"``: (B, K) class logits.
+- ``"cls"``: (B, K) class logits.
 - ``"box"``: (B, 4) (x, y, w, h) in [0, 1], top-left corner and size normalised by the image
   width/height. Class-agnostic: the single box. Per-class: the box of the *predicted* class
   (argmax of the logits), i.e. what inference and metrics use.
 - ``"box_all"`` (per-class only): (B, K, 4), every class's box. Training selects the box of the
   *target* class with ``select_box(out["box_all"], target_index)``.
-- ``"mask"`` (with ``seg_decoder=True``): (B, seg_classes, H, W) segmentation logits.
+- ``"out"`` (with ``seg_decoder=True``): (B, seg_classes, H, W) segmentation logits.
 
 Class indices: logit k is class k. With ``num_classes=20`` (VOC objects without background) the
 VOC label l in 1..20 is index l - 1; with ``num_classes=21`` the VOC index is used directly.
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from seg.constants import NUM_CLASSES
+from seg.models import BOX, BOX_ALL, CLS, OUT
 from seg.models.blocks import pad_to_multiple
 from seg.models.unet import UNetDecoder
 
@@ -68,7 +69,7 @@ class Localizer(nn.Module):
         hidden_channels: Width of the shared hidden layer of the MLP.
         dropout: Dropout after the hidden layer.
         per_class_box: Regress K boxes (PCR) instead of one class-agnostic box (SCR).
-        seg_decoder: Add the U-Net decoder on the same encoder features, giving ``"mask"``.
+        seg_decoder: Add the U-Net decoder on the same encoder features, giving ``"out"``.
         seg_classes: Channels of the mask logits.
         decoder_channels: Decoder block widths, coarsest first, one per encoder stage.
     """
@@ -110,8 +111,8 @@ class Localizer(nn.Module):
         """Args: x (B, 3, H, W), any H and W.
 
         Returns:
-            Dict with "logits" (B, K), "box" (B, 4) in [0, 1], "box_all" (B, K, 4) when
-            ``per_class_box``, "mask" (B, seg_classes, H, W) when ``seg_decoder``.
+            Dict with "cls" (B, K), "box" (B, 4) in [0, 1], "box_all" (B, K, 4) when
+            ``per_class_box``, "out" (B, seg_classes, H, W) when ``seg_decoder``.
         """
         h, w = x.shape[-2:]
         stride = 2**self.depth
@@ -125,14 +126,14 @@ class Localizer(nn.Module):
         hidden = self.mlp(deep)  # (B, hidden)
         logits = self.cls_head(hidden)  # (B, K)
         box = torch.sigmoid(self.box_head(hidden))  # (B, 4) or (B, 4K)
-        out = {"logits": logits}
+        out = {CLS: logits}
         if self.per_class_box:
-            out["box_all"] = box.view(-1, self.num_classes, 4)  # (B, K, 4)
+            out[BOX_ALL] = box.view(-1, self.num_classes, 4)  # (B, K, 4)
             pred = logits.argmax(dim=1)  # (B,), always in range: no check, no host sync
-            out["box"] = out["box_all"][torch.arange(x.shape[0], device=x.device), pred]  # (B, 4)
+            out[BOX] = out[BOX_ALL][torch.arange(x.shape[0], device=x.device), pred]  # (B, 4)
         else:
-            out["box"] = box  # (B, 4)
+            out[BOX] = box  # (B, 4)
         if self.decoder is not None:
             mask = self.seg_head(self.decoder(features[1:]))  # (B, seg_classes, H', W')
-            out["mask"] = mask[..., :h, :w]  # (B, seg_classes, H, W)
+            out[OUT] = mask[..., :h, :w]  # (B, seg_classes, H, W)
         return out

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+
+from seg.models import CLS, NetOutput, has_seg_logits, seg_logits
 
 
 def _infer_in_channels(model: nn.Module) -> int:
@@ -64,17 +65,9 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), child, new)
 
 
-def _spatial_output(out: object) -> torch.Tensor:
-    """Pick the tensor to measure: ``out["mask"]``, else the first tensor in a dict/sequence."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, Mapping):
-        out = [out["mask"]] if "mask" in out else list(out.values())
-    if isinstance(out, Sequence):
-        for item in out:
-            if isinstance(item, torch.Tensor):
-                return item
-    raise TypeError(f"cannot find an output tensor in {type(out).__name__}")
+def _measured_output(out: NetOutput) -> torch.Tensor:
+    """The tensor to measure: the per-pixel logits, else the class logits (``"cls"``)."""
+    return seg_logits(out) if has_seg_logits(out) or CLS not in out else out[CLS]
 
 
 def receptive_field(
@@ -89,9 +82,10 @@ def receptive_field(
     statistics, dropout is off). The copy costs twice the model's memory.
 
     Args:
-        model: Network mapping (1, C_in, H, W) to a tensor (1, K, h, w), or to a dict holding one
-            (``"mask"`` is preferred). For a non-spatial output (e.g. (1, K)) every output value
-            is used, so the result is the extent of all connected input pixels.
+        model: Network following the output contract of :mod:`seg.models`. Its per-pixel
+            logits are measured; a net without them (a classifier) is measured on its class
+            logits ``"cls"`` (1, K), every value of which is used, so the result is the extent
+            of all connected input pixels.
         input_size: H or (H, W) of the probe input; make it larger than the field.
         in_channels: C_in; inferred from the first convolution or linear layer if ``None``.
         geometric: Measure the architecture (positive averaging weights, see the module
@@ -111,7 +105,7 @@ def receptive_field(
     device = next(probe.parameters(), torch.empty(0)).device
     x = torch.rand(1, channels, height, width, dtype=torch.float64, device=device) + 0.5
     x.requires_grad_(True)
-    out = _spatial_output(probe(x))
+    out = _measured_output(probe(x))
     if out.dim() >= 3:  # (1, K, h, w): centre location; (1, K, n): centre position
         centre = tuple(s // 2 for s in out.shape[2:])
         out = out[(slice(None), slice(None), *centre)]

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from seg.errors import PretrainedWeightsNotFoundError
+from seg.models.weights import load_strict, read_state_dict
+
 # torchvision's VGG16 ("D") configuration: conv widths, "M" = 2x2 max pooling.
 VGG16_LAYOUT = (
     64,
@@ -145,11 +148,11 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
     """Load the ImageNet weights from the hub cache, downloading them if possible."""
     path = imagenet_cache_path()
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_state_dict(path)
     try:
         return _download_imagenet_state_dict()
     except (OSError, RuntimeError) as err:  # URLError is an OSError
-        raise FileNotFoundError(
+        raise PretrainedWeightsNotFoundError(
             f"encoder_weights='imagenet' needs torchvision's VGG16 ImageNet weights, but "
             f"{path} does not exist and downloading it failed ({err}). Download "
             f"https://download.pytorch.org/models/{VGG16_IMAGENET_FILE} on a machine with "
@@ -185,16 +188,12 @@ def load_vgg16_weights(encoder: VGG16Encoder, weights: str | Path | None) -> Non
         weights: ``None`` (do nothing), ``"imagenet"`` or a path to a state dict file.
 
     Raises:
-        FileNotFoundError: The file is missing (for ``"imagenet"``: not in the hub cache and
-            not downloadable); the message says which file to put where.
+        PretrainedWeightsNotFoundError: The file is missing (for ``"imagenet"``: not in the hub
+            cache and not downloadable); the message says which file to put where.
+        CheckpointError: The file is unreadable or does not fit VGG16.
     """
     if weights is None:
         return
-    if str(weights) == "imagenet":
-        state_dict = _imagenet_state_dict()
-    else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"VGG16 encoder weights file not found: {path}")
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    encoder.load_state_dict(to_encoder_layout(state_dict), strict=True)
+    imagenet = str(weights) == "imagenet"
+    state_dict = _imagenet_state_dict() if imagenet else read_state_dict(weights)
+    load_strict(encoder, to_encoder_layout(state_dict), source=str(weights))

@@ -1,6 +1,5 @@
-"""LightningModules: they own losses, metrics, optimizers and schedules; nets stay plain."""
+"""LightningModules: they own losses, metrics, optimizers and schedules; nets stay plain.
 
-from seg.modules.localization import LocalizationModule
-from seg.modules.segmentation import SegmentationModule
-
-__all__ = ["LocalizationModule", "SegmentationModule"]
+:mod:`seg.modules.base` holds what both tasks share; ``segmentation`` and ``localization`` add
+their loss, evaluation step and metric.
+"""

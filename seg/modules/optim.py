@@ -1,5 +1,5 @@
-"""Optimizer plumbing shared by the LightningModules: encoder freezing, parameter groups,
-and the schedule length that Hydra configs cannot know in advance.
+"""Optimizer plumbing of :class:`seg.modules.base.BaseModule`: encoder freezing, parameter
+groups, and the schedule length that Hydra configs cannot know in advance.
 
 Optimizers and schedulers arrive as ``functools.partial`` objects built by Hydra from
 ``conf/optimizer/*.yaml`` and ``conf/scheduler/*.yaml`` (``_partial_: true``).
@@ -17,6 +17,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, PolynomialLR, SequentialLR
 
+from seg.errors import ConfigError
+
 #: Names under which torch schedulers take their length (PolynomialLR / LinearLR,
 #: CosineAnnealingLR, OneCycleLR). The first one the scheduler accepts is filled in.
 LENGTH_ARGS = ("total_iters", "T_max", "total_steps")
@@ -29,14 +31,14 @@ def get_encoder(net: nn.Module) -> nn.Module | None:
 
 
 def check_encoder_options(net: nn.Module, freeze_encoder: bool, encoder_lr_mult: float) -> None:
-    """Raise ValueError if encoder options are set for a net without ``encoder``."""
+    """Raise ConfigError if encoder options are set for a net without ``encoder``."""
     if get_encoder(net) is None and (freeze_encoder or encoder_lr_mult != 1.0):
-        raise ValueError(
-            f"{type(net).__name__} has no `encoder` submodule, so freeze_encoder="
-            f"{freeze_encoder} / encoder_lr_mult={encoder_lr_mult} cannot apply"
+        raise ConfigError(
+            f"model.freeze_encoder={freeze_encoder} / model.encoder_lr_mult={encoder_lr_mult}: "
+            f"{type(net).__name__} has no `encoder` submodule, so they cannot apply"
         )
     if encoder_lr_mult < 0:
-        raise ValueError(f"encoder_lr_mult must be >= 0, got {encoder_lr_mult}")
+        raise ConfigError(f"model.encoder_lr_mult={encoder_lr_mult} must be >= 0")
 
 
 def freeze(module: nn.Module) -> None:
@@ -80,7 +82,7 @@ def base_lr(optimizer: partial) -> float:
         return float(optimizer.keywords["lr"])
     default = inspect.signature(optimizer.func).parameters["lr"].default
     if default is inspect.Parameter.empty:
-        raise ValueError(f"optimizer {optimizer.func.__name__} needs an explicit lr")
+        raise ConfigError(f"optimizer.lr: {optimizer.func.__name__} needs an explicit lr")
     return float(default)
 
 
@@ -99,8 +101,8 @@ def with_length(scheduler: partial, length: float) -> partial:
     if not accepted or any(a in scheduler.keywords for a in accepted):
         return scheduler
     if not math.isfinite(length) or length < 1:
-        raise ValueError(
-            f"cannot size the {scheduler.func.__name__} schedule: {length} steps; "
+        raise ConfigError(
+            f"scheduler: cannot size the {scheduler.func.__name__} schedule ({length} steps); "
             "set trainer.max_steps or trainer.max_epochs"
         )
     return partial(scheduler, **{accepted[0]: int(length)})
@@ -129,7 +131,7 @@ def build_optimization(
         ``{"optimizer": ...}`` plus ``"lr_scheduler": {"scheduler", "interval"}`` if any.
     """
     if optimizer is None:
-        raise ValueError("no optimizer configured: pass optimizer=partial(torch.optim.SGD, lr=...)")
+        raise ConfigError("optimizer: none configured (choose one, e.g. optimizer=sgd)")
     opt = optimizer(param_groups(net, base_lr(optimizer), encoder_lr_mult))
     if not scheduler:  # None, or an empty Hydra config group such as conf/scheduler/none.yaml
         return {"optimizer": opt}
