@@ -18,6 +18,8 @@ Any size down to 1x1 works.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -128,42 +130,21 @@ class FCN(nn.Module):
 
 
 class FCN32s(FCN):
-    """FCN-32s: scores from the stride-32 features only. See ``FCN`` for the arguments."""
+    """FCN-32s: scores from the stride-32 features only. Keyword arguments as ``FCN``'s."""
 
-    def __init__(
-        self,
-        num_classes: int = 21,
-        encoder: nn.Module | None = None,
-        encoder_weights: str | None = None,
-        dropout: float = 0.5,
-        learn_final_upsample: bool = False,
-    ) -> None:
-        super().__init__(num_classes, 32, encoder, encoder_weights, dropout, learn_final_upsample)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(output_stride=32, **kwargs)
 
 
 class FCN16s(FCN):
     """FCN-16s: stride-32 scores fused with stride-16 (pool4) scores. See ``FCN``."""
 
-    def __init__(
-        self,
-        num_classes: int = 21,
-        encoder: nn.Module | None = None,
-        encoder_weights: str | None = None,
-        dropout: float = 0.5,
-        learn_final_upsample: bool = False,
-    ) -> None:
-        super().__init__(num_classes, 16, encoder, encoder_weights, dropout, learn_final_upsample)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(output_stride=16, **kwargs)
 
 
 class FCN8s(FCN):
     """FCN-8s: stride-32, -16 (pool4) and -8 (pool3) scores fused. See ``FCN``."""
 
-    def __init__(
-        self,
-        num_classes: int = 21,
-        encoder: nn.Module | None = None,
-        encoder_weights: str | None = None,
-        dropout: float = 0.5,
-        learn_final_upsample: bool = False,
-    ) -> None:
-        super().__init__(num_classes, 8, encoder, encoder_weights, dropout, learn_final_upsample)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(output_stride=8, **kwargs)

@@ -140,7 +140,68 @@ class UNetDecoder(nn.Module):
         return x
 
 
-class UNet(nn.Module):
+class EncoderUNet(nn.Module):
+    """U-Net decoder (transposed-conv upsampling, concatenated skips) on a given encoder.
+
+    By default the encoder's stride-1 level (the input itself, in the smp contract) is not a
+    skip, as in smp's Unet, so the last decoder block has no skip connection. With ``depth``
+    encoder stages there are ``depth`` decoder blocks and the logits have the input's resolution.
+
+    Args:
+        encoder: Module following the encoder contract (``seg.models.encoders``): returns
+            ``depth + 1`` maps at strides 1..2**depth and has ``out_channels``.
+        decoder_channels: Output channels of the decoder blocks, coarsest first; one per stage.
+        num_classes: Output channels.
+        batch_norm: BatchNorm in the decoder convs.
+        pad_mode: How inputs are padded to a multiple of ``2**depth``.
+        first_skip: Index of the first encoder feature the decoder uses: 1 skips the stride-1
+            input level of the smp contract; 0 uses it (the paper's U-Net, whose stride-1 level
+            is a conv block).
+
+    Raises:
+        ValueError: ``len(decoder_channels)`` differs from the encoder depth.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        num_classes: int = NUM_CLASSES,
+        batch_norm: bool = True,
+        pad_mode: str = "reflect",
+        first_skip: int = 1,
+    ) -> None:
+        super().__init__()
+        encoder_channels = tuple(encoder.out_channels)
+        depth = len(encoder_channels) - 1
+        if len(decoder_channels) != depth:
+            raise ValueError(
+                f"need one decoder channel count per encoder stage ({depth}), "
+                f"got decoder_channels={tuple(decoder_channels)}"
+            )
+        self.encoder = encoder
+        self.first_skip = first_skip
+        self.decoder = UNetDecoder(
+            encoder_channels[first_skip:], tuple(decoder_channels), batch_norm
+        )
+        self.head = nn.Conv2d(decoder_channels[-1], num_classes, kernel_size=1)
+        self.multiple = 2**depth
+        self.pad_mode = pad_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (B, 3, H, W), any H and W.
+
+        Returns:
+            Logits (B, num_classes, H, W).
+        """
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x, self.multiple, self.pad_mode)  # (B, 3, H', W')
+        features = self.encoder(x)  # depth + 1 maps, strides 1..2**depth
+        x = self.decoder(features[self.first_skip :])  # (B, C_last, H', W')
+        return self.head(x)[..., :h, :w]  # (B, K, H, W)
+
+
+class UNet(EncoderUNet):
     """The paper's U-Net (31.0M parameters at the default sizes, 21 classes).
 
     Args:
@@ -163,75 +224,6 @@ class UNet(nn.Module):
         batch_norm: bool = True,
         pad_mode: str = "reflect",
     ) -> None:
-        super().__init__()
-        self.encoder = UNetEncoder(in_channels, base_channels, depth, batch_norm)
-        decoder_channels = self.encoder.out_channels[-2::-1]  # (512, 256, 128, 64)
-        self.decoder = UNetDecoder(self.encoder.out_channels, decoder_channels, batch_norm)
-        self.head = nn.Conv2d(decoder_channels[-1], num_classes, kernel_size=1)
-        self.multiple = 2**depth
-        self.pad_mode = pad_mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x (B, C_in, H, W), any H and W.
-
-        Returns:
-            Logits (B, num_classes, H, W).
-        """
-        h, w = x.shape[-2:]
-        x = pad_to_multiple(x, self.multiple, self.pad_mode)  # (B, C_in, H', W')
-        x = self.decoder(self.encoder(x))  # (B, 64, H', W')
-        return self.head(x)[..., :h, :w]  # (B, K, H, W)
-
-
-class EncoderUNet(nn.Module):
-    """U-Net decoder (transposed-conv upsampling, concatenated skips) on a given encoder.
-
-    The encoder's stride-1 level (the input itself) is not used as a skip, as in smp's Unet, so
-    the last decoder block has no skip connection. With ``depth`` encoder stages there are
-    ``depth`` decoder blocks and the logits have the input's resolution.
-
-    Args:
-        encoder: Module following the encoder contract (``seg.models.encoders``): returns
-            ``depth + 1`` maps at strides 1..2**depth and has ``out_channels``.
-        decoder_channels: Output channels of the decoder blocks, coarsest first; one per stage.
-        num_classes: Output channels.
-        batch_norm: BatchNorm in the decoder convs.
-        pad_mode: How inputs are padded to a multiple of ``2**depth``.
-
-    Raises:
-        ValueError: ``len(decoder_channels)`` differs from the encoder depth.
-    """
-
-    def __init__(
-        self,
-        encoder: nn.Module,
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
-        num_classes: int = NUM_CLASSES,
-        batch_norm: bool = True,
-        pad_mode: str = "reflect",
-    ) -> None:
-        super().__init__()
-        encoder_channels = tuple(encoder.out_channels)
-        depth = len(encoder_channels) - 1
-        if len(decoder_channels) != depth:
-            raise ValueError(
-                f"need one decoder channel count per encoder stage ({depth}), "
-                f"got decoder_channels={tuple(decoder_channels)}"
-            )
-        self.encoder = encoder
-        self.decoder = UNetDecoder(encoder_channels[1:], tuple(decoder_channels), batch_norm)
-        self.head = nn.Conv2d(decoder_channels[-1], num_classes, kernel_size=1)
-        self.multiple = 2**depth
-        self.pad_mode = pad_mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x (B, 3, H, W), any H and W.
-
-        Returns:
-            Logits (B, num_classes, H, W).
-        """
-        h, w = x.shape[-2:]
-        x = pad_to_multiple(x, self.multiple, self.pad_mode)  # (B, 3, H', W')
-        features = self.encoder(x)  # depth + 1 maps, strides 1..2**depth
-        x = self.decoder(features[1:])  # (B, C_last, H', W')
-        return self.head(x)[..., :h, :w]  # (B, K, H, W)
+        encoder = UNetEncoder(in_channels, base_channels, depth, batch_norm)
+        decoder_channels = encoder.out_channels[-2::-1]  # (512, 256, 128, 64)
+        super().__init__(encoder, decoder_channels, num_classes, batch_norm, pad_mode, first_skip=0)
