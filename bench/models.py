@@ -32,8 +32,6 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import seg  # noqa: F401  (registers the OmegaConf resolvers used by the configs)
-
 SMOKE_MODELS = 2  # --smoke benchmarks this many models, the smallest by stated params
 
 

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-import seg  # noqa: F401  (registers the OmegaConf resolvers used by the configs)
 from seg.constants import IGNORE_INDEX, NUM_CLASSES
 from seg.models import seg_logits
 from seg.train import build_module

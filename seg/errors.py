@@ -89,3 +89,15 @@ class ExportError(SegError, RuntimeError):
     """An exported model failed its parity check against PyTorch (nothing was kept)."""
 
     exit_code = 1
+
+
+class DownloadError(SegError, RuntimeError):
+    """No URL delivered an archive with the right md5. The message says what to do by hand."""
+
+    exit_code = 1
+
+
+class UnsafeArchiveError(SegError, ValueError):
+    """An archive member could write outside the destination or is a special file."""
+
+    exit_code = 1

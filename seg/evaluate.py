@@ -1,4 +1,9 @@
-"""``python evaluate.py ckpt=PATH``: mIoU of a checkpoint on a VOC split (default VOC2012 val).
+"""``python evaluate.py ckpt=PATH``: scores of a checkpoint on a dataset split.
+
+Segmentation checkpoints get the VOC scores (mIoU from one confusion matrix, per-class IoU);
+localization checkpoints get classification accuracy, ILSVRC localization accuracy (top-1 and
+top-5), CorLoc and box IoU, per class. The data is the checkpoint's own (``data=checkpoint``:
+its dataset, root and validation split) unless the command line says otherwise.
 
 Images keep their original size; predictions are brought to the ground truth's resolution.
 Runs the checkpoint's own LightningModule through ``Trainer.test``, so the scores come from the
@@ -13,35 +18,53 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from seg.checkpoint import build_module, load_checkpoint
+from seg import report
+from seg.checkpoint import build_module, is_localization, load_checkpoint
 from seg.constants import VOC_CLASSES
 from seg.inference import InferenceConfig
-from seg.report import metrics_record, plot_confusion, print_table
 from seg.utils import output_dir, write_json
 
 
+def data_config(cfg: DictConfig, ckpt: dict[str, Any]) -> DictConfig:
+    """``cfg.data``, or, with ``data=checkpoint``, the checkpoint's data config with the keys
+    that ``cfg.data`` sets (not null) replaced."""
+    if not cfg.data.get("from_checkpoint"):
+        return cfg.data
+    chosen = {k: v for k, v in cfg.data.items() if v is not None and k != "from_checkpoint"}
+    return OmegaConf.merge(OmegaConf.create(ckpt["seg_config"]["data"]), chosen)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt`` on ``cfg.data`` (split ``cfg.data.split``) and write the reports.
+    """Evaluate ``cfg.ckpt`` on its data split and write the reports.
 
     Returns:
         The ``metrics.json`` record.
     """
     ckpt = load_checkpoint(cfg.ckpt)
-    module = build_module(ckpt, cfg.ckpt, inference=InferenceConfig.from_config(cfg))
+    localization = is_localization(ckpt)
+    extra = {} if localization else {"inference": InferenceConfig.from_config(cfg)}
+    module = build_module(ckpt, cfg.ckpt, **extra)
     # Normalise exactly as in training: the checkpoint's own eval transform.
-    datamodule = instantiate(cfg.data, eval_transform=ckpt["seg_config"]["augment"]["eval"])
+    data = data_config(cfg, ckpt)
+    datamodule = instantiate(data, eval_transform=ckpt["seg_config"]["augment"]["eval"])
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
-    results = module.scores["test"]
-    record = metrics_record(results, VOC_CLASSES, str(Path(cfg.ckpt).resolve()))
+    results, source = module.scores["test"], str(Path(cfg.ckpt).resolve())
+    if localization:
+        names = VOC_CLASSES[len(VOC_CLASSES) - module.num_classes :]
+        record = report.localization_record(results, names, source)
+    else:
+        record = report.metrics_record(results, VOC_CLASSES, source)
     if trainer.is_global_zero:
         out = output_dir(cfg)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "metrics.json", record)
-        if cfg.get("plot", True):
-            plot_confusion(results["confmat"], VOC_CLASSES, out / "confusion_matrix.png")
-        print_table(record)
+        if cfg.get("plot", True) and localization:
+            report.plot_localization(record, results["iou_hist"], out / "localization.png")
+        elif cfg.get("plot", True):
+            report.plot_confusion(results["confmat"], VOC_CLASSES, out / "confusion_matrix.png")
+        report.print_table(record)
         print(f"Wrote {out / 'metrics.json'}")
     return record

@@ -1,13 +1,18 @@
-"""Writers for ``predict.py``: palette masks, overlays with a legend, and ``boxes.json``.
+"""Writers for ``predict.py``: palette masks, overlays with a legend, and boxes.
 
 Every file is written atomically (temporary file, then rename), so an interrupted run never
-leaves a half-written PNG behind.
+leaves a half-written PNG behind. Boxes go to ``boxes.jsonl`` one line per image as each image
+finishes (appended and fsynced, so a kill loses nothing finished and two runs into one folder
+both keep theirs), and ``boxes.json`` is rebuilt from it, streaming, when the run closes.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +21,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from seg.constants import VOC_CLASSES, VOC_PALETTE
-from seg.utils import atomic_write_bytes, write_json
+from seg.inference import Localization
+from seg.utils import atomic_open, atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 PALETTE = np.array(VOC_PALETTE, dtype=np.uint8).reshape(256, 3)
+BOX_COLOUR = (255, 32, 32)
 
 
 def encode_png(array: np.ndarray, palette: bool = True) -> bytes:
@@ -32,112 +41,171 @@ def encode_png(array: np.ndarray, palette: bool = True) -> bytes:
     return buf.getvalue()
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The image blended with the mask colours, plus a legend of the classes present.
-
-    Works in uint8 throughout (no float copy of the image), so huge images stay cheap.
-
-    Args:
-        image: (H, W, 3) uint8 RGB.
-        mask: (H, W) uint8 class indices.
-        alpha: Weight of the mask colours.
-    """
-    base = Image.fromarray(image)
-    labels = Image.fromarray(mask.astype(np.uint8, copy=False), mode="L")
-    colours = labels.convert("P")
-    colours.putpalette(VOC_PALETTE)
-    blend = Image.blend(base, colours.convert("RGB"), alpha)
-    out = Image.composite(blend, base, labels.point(lambda v: 255 if v else 0))
-    draw = ImageDraw.Draw(out)
-    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[: len(VOC_CLASSES)])
-    for row, c in enumerate(present.tolist()):
-        y = 4 + 14 * row
-        draw.rectangle((4, y, 14, y + 10), fill=tuple(int(v) for v in PALETTE[c]), outline="white")
-        draw.text((18, y - 1), VOC_CLASSES[c], fill="white", stroke_width=1, stroke_fill="black")
-    return out
-
-
 def encode_jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
-class MaskWriter:
-    """Writes ``<stem>.png`` (VOC palette), and optionally ``<stem>_overlay.jpg`` and
-    ``<stem>_index.png`` (plain 8-bit class indices, no palette).
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray | None = None,
+    box: dict[str, Any] | None = None,
+    class_names: Sequence[str] = VOC_CLASSES,
+    alpha: float = 0.5,
+) -> Image.Image:
+    """The image blended with the mask colours and a legend of the classes present, and the box
+    with its class name and score.
+
+    Works in uint8 throughout (no float copy of the image), so huge images stay cheap.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        mask: (H, W) uint8 class indices, or None.
+        box: A box record (:func:`box_record`), or None.
+        class_names: Names of the mask's classes.
+        alpha: Weight of the mask colours.
+    """
+    out = Image.fromarray(image)
+    draw = ImageDraw.Draw(out)
+    if mask is not None:
+        labels = Image.fromarray(mask.astype(np.uint8, copy=False), mode="L")
+        colours = labels.convert("P")
+        colours.putpalette(VOC_PALETTE)
+        blend = Image.blend(out, colours.convert("RGB"), alpha)
+        out = Image.composite(blend, out, labels.point(lambda v: 255 if v else 0))
+        draw = ImageDraw.Draw(out)
+        present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[: len(class_names)])
+        for row, c in enumerate(present.tolist()):
+            y = 4 + 14 * row
+            fill = tuple(int(v) for v in PALETTE[c])
+            draw.rectangle((4, y, 14, y + 10), fill=fill, outline="white")
+            draw.text(
+                (18, y - 1), class_names[c], fill="white", stroke_width=1, stroke_fill="black"
+            )
+    if box is not None:
+        x1, y1, x2, y2 = box["box_xyxy"]
+        width = max(1, round(min(image.shape[:2]) / 150))
+        draw.rectangle((x1, y1, x2, y2), outline=BOX_COLOUR, width=width)
+        label = f"{box['class']} {box['score']:.2f}"
+        draw.text((x1 + 3, y1 + 2), label, fill=BOX_COLOUR, stroke_width=1, stroke_fill="black")
+    return out
+
+
+def box_record(
+    path: Path, size: tuple[int, int], pred: Localization, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """The record of one image's predicted box, in the image's own pixels (as displayed).
+
+    Args:
+        path: The input file.
+        size: Its (H, W), EXIF orientation applied.
+        pred: The net's prediction; ``pred.probs`` has one entry per name of ``class_names``.
+        class_names: The names of the net's class logits.
+
+    Returns:
+        ``{"file", "class", "class_index", "score", "box_xywh", "box_xyxy"}``; the box is clipped
+        to the image.
+    """
+    h, w = size
+    k = int(pred.probs.argmax())
+    x, y, bw, bh = pred.box.tolist()
+    x1, y1 = min(max(x * w, 0.0), w), min(max(y * h, 0.0), h)
+    x2, y2 = min(max((x + bw) * w, x1), w), min(max((y + bh) * h, y1), h)
+    return {
+        "file": str(path),
+        "class": class_names[k],
+        "class_index": k,
+        "score": float(pred.probs[k]),
+        "box_xywh": [x1, y1, x2 - x1, y2 - y1],
+        "box_xyxy": [x1, y1, x2, y2],
+    }
+
+
+class PredictionWriter:
+    """Writes the outputs of one image: ``<stem>.png`` (VOC palette), ``<stem>_index.png`` (plain
+    8-bit class indices), ``<stem>_overlay.jpg``, and its line of ``boxes.jsonl``.
 
     Args:
         out: Output folder.
         save: Mapping with booleans ``mask``, ``overlay``, ``index``.
+        masks: The net predicts masks.
+        boxes: The net predicts boxes.
     """
 
-    def __init__(self, out: Path, save: Any) -> None:
-        self.out = out
-        self.save = save
+    JSONL, JSON = "boxes.jsonl", "boxes.json"
+
+    def __init__(self, out: Path, save: Any, masks: bool = True, boxes: bool = False) -> None:
+        self.out, self.save, self.masks, self.boxes = out, save, masks, boxes
+        self.boxed = {record["stem"] for record in self._records()} if boxes else set()
 
     def _paths(self, stem: str) -> list[Path]:
-        paths = [self.out / f"{stem}.png"] if self.save.get("mask", True) else []
+        paths = []
+        if self.masks and self.save.get("mask", True):
+            paths.append(self.out / f"{stem}.png")
+        if self.masks and self.save.get("index", False):
+            paths.append(self.out / f"{stem}_index.png")
         if self.save.get("overlay", False):
             paths.append(self.out / f"{stem}_overlay.jpg")
-        if self.save.get("index", False):
-            paths.append(self.out / f"{stem}_index.png")
         return paths
 
     def done(self, stem: str) -> bool:
-        return all(p.exists() for p in self._paths(stem))
-
-    def write(self, stem: str, image: np.ndarray, mask: torch.Tensor) -> None:
-        m = mask.to(torch.uint8).cpu().numpy()  # (H, W)
-        if self.save.get("mask", True):
-            atomic_write_bytes(self.out / f"{stem}.png", encode_png(m))
-        if self.save.get("index", False):
-            atomic_write_bytes(self.out / f"{stem}_index.png", encode_png(m, palette=False))
-        if self.save.get("overlay", False):
-            atomic_write_bytes(self.out / f"{stem}_overlay.jpg", encode_jpeg(overlay(image, m)))
-
-    def close(self) -> None:
-        """Nothing buffered."""
-
-
-class LocalizationWriter:
-    """Collects one box per image into ``boxes.json``; optionally draws it on an overlay.
-
-    Each record: ``{"file", "class", "score", "box_xyxy", "box_xywh"}`` in pixels.
-    """
-
-    def __init__(self, out: Path, save: Any) -> None:
-        self.out = out
-        self.save = save
-        self.path = out / "boxes.json"
-        self.records: dict[str, Any] = (
-            json.loads(self.path.read_text()) if self.path.exists() else {}
-        )
-
-    def done(self, stem: str) -> bool:
-        return stem in self.records
+        """Whether every output of ``stem`` exists already."""
+        boxed = not self.boxes or stem in self.boxed
+        return boxed and all(p.exists() for p in self._paths(stem))
 
     def write(
-        self, stem: str, path: Path, image: np.ndarray, pred: dict[str, torch.Tensor]
+        self,
+        stem: str,
+        image: np.ndarray,
+        mask: torch.Tensor | None = None,
+        box: dict[str, Any] | None = None,
     ) -> None:
-        h, w = image.shape[:2]
-        k = int(pred["probs"].argmax())
-        offset = len(VOC_CLASSES) - pred["probs"].numel()  # 20-way heads skip background
-        x, y, bw, bh = (pred["box"] * torch.tensor([w, h, w, h])).tolist()
-        self.records[stem] = {
-            "file": str(path),
-            "class": VOC_CLASSES[k + offset],
-            "score": float(pred["probs"][k]),
-            "box_xyxy": [x, y, x + bw, y + bh],
-            "box_xywh": [x, y, bw, bh],
-        }
+        m = None if mask is None else mask.to(torch.uint8).cpu().numpy()  # (H, W)
+        if m is not None and self.save.get("mask", True):
+            atomic_write_bytes(self.out / f"{stem}.png", encode_png(m))
+        if m is not None and self.save.get("index", False):
+            atomic_write_bytes(self.out / f"{stem}_index.png", encode_png(m, palette=False))
         if self.save.get("overlay", False):
-            img = Image.fromarray(image)
-            draw = ImageDraw.Draw(img)
-            draw.rectangle((x, y, x + bw, y + bh), outline=(255, 0, 0), width=3)
-            draw.text((x + 4, y + 2), self.records[stem]["class"], fill="red")
-            atomic_write_bytes(self.out / f"{stem}_overlay.jpg", encode_jpeg(img))
+            image_overlay = overlay(image, m, box)
+            atomic_write_bytes(self.out / f"{stem}_overlay.jpg", encode_jpeg(image_overlay))
+        if box is not None:
+            self._append({"stem": stem, **box})
+            self.boxed.add(stem)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        """One line, one ``write`` on an ``O_APPEND`` file, then fsync: lines never interleave."""
+        line = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.out / self.JSONL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _records(self) -> Iterator[dict[str, Any]]:
+        """The records of ``boxes.jsonl``, later lines of a stem winning; a torn line is skipped."""
+        path = self.out / self.JSONL
+        if not path.exists():
+            return
+        with path.open() as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("%s:%d: unreadable line skipped", path, number)
 
     def close(self) -> None:
-        """Write ``boxes.json`` (also after an interruption: the caller closes in ``finally``)."""
-        write_json(self.path, self.records)
+        """Rebuild ``boxes.json`` (stem -> record) from ``boxes.jsonl``, streaming it."""
+        if not self.boxes or not (self.out / self.JSONL).exists():
+            return
+        latest = {r["stem"]: i for i, r in enumerate(self._records())}  # stem -> last line
+        with atomic_open(self.out / self.JSON) as f:
+            f.write(b"{")
+            for i, record in enumerate(self._records()):
+                if latest.get(record["stem"]) != i:
+                    continue
+                stem = record.pop("stem")
+                sep = "," if f.tell() > 1 else ""
+                f.write(f"{sep}\n  {json.dumps(stem)}: {json.dumps(record)}".encode())
+            f.write(b"\n}\n")

@@ -1,8 +1,10 @@
 """``python predict.py ckpt=PATH input=PATH output=DIR``: masks for any folder of images.
 
 Writes ``<stem>.png`` palette masks at each image's original resolution and EXIF orientation
-(readable back as class indices), optional overlays and raw index masks, and ``boxes.json`` for
-localization models. Writes are atomic; a re-run skips finished images. A file that fails
+(readable back as class indices), optional overlays and raw index masks; localization models
+write one box per image (class, score, pixel box) into ``boxes.jsonl`` as each image finishes
+and ``boxes.json`` at the end, and masks too when their net has a mask decoder. Writes are
+atomic; a re-run skips finished images; SIGTERM still writes ``boxes.json`` (exit 143). A file that fails
 (unreadable, inference or write error) is reported as one line naming it and the batch goes on;
 the closing summary counts the failures and the exit status is 1. Images whose longer side
 exceeds ``inference.slide_above`` are predicted band by band (:func:`seg.inference.predict_mask_banded`),
@@ -25,11 +27,13 @@ from omegaconf import DictConfig
 from rich.progress import track
 
 from seg.checkpoint import build_net, is_localization, load_checkpoint
+from seg.constants import VOC_CLASSES
 from seg.data.io import read_image
 from seg.errors import BadSampleError, InputError
-from seg.inference import InferenceConfig, normalise, predict_mask
-from seg.models import BOX, CLS
-from seg.outputs import LocalizationWriter, MaskWriter
+from seg.inference import InferenceConfig, localize, predict_mask
+from seg.models import has_seg_logits
+from seg.outputs import PredictionWriter, box_record
+from seg.utils import sigterm_exits
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +92,8 @@ class Predictor:
     net: torch.nn.Module
     transform: Any
     infer: InferenceConfig
-    writer: MaskWriter | LocalizationWriter
-    localization: bool = False
+    writer: PredictionWriter
+    box_names: tuple[str, ...] | None = None  # the class logits' names, localization only
     overwrite: bool = False
 
 
@@ -105,21 +109,24 @@ def predict(cfg: DictConfig) -> int:
     """
     images, ignored = list_inputs(str(cfg.input))
     ckpt = load_checkpoint(cfg.ckpt)
-    localization = is_localization(ckpt)
+    net = build_net(ckpt, cfg.ckpt)
+    box_names = localization_classes(ckpt) if is_localization(ckpt) else None
+    masks = box_names is None or predicts_masks(net)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     run = Predictor(
-        net=build_net(ckpt, cfg.ckpt),
+        net=net,
         transform=instantiate(ckpt["seg_config"]["augment"]["eval"]),
         infer=InferenceConfig.from_config(cfg),
-        writer=(LocalizationWriter if localization else MaskWriter)(out, cfg.save),
-        localization=localization,
+        writer=PredictionWriter(out, cfg.save, masks=masks, boxes=box_names is not None),
+        box_names=box_names,
         overwrite=bool(cfg.overwrite),
     )
     summary = Summary(ignored=[str(p) for p in ignored])
     try:
-        for path in track(images, description="Predicting", disable=not sys.stderr.isatty()):
-            predict_one(path, run, summary)
+        with sigterm_exits():  # SIGTERM -> SystemExit(143): the finally below still runs
+            for path in track(images, description="Predicting", disable=not sys.stderr.isatty()):
+                predict_one(path, run, summary)
     finally:
         run.writer.close()
     for line in summary.failed:
@@ -152,9 +159,10 @@ def predict_one(path: Path, run: Predictor, summary: Summary) -> None:
         return
     try:
         image = read_image(path)  # (H, W, 3) uint8, upright
-        if run.localization:
-            pred = run_localizer(run.net, normalise(image, run.transform))
-            run.writer.write(stem, path, image, pred)
+        if run.box_names is not None:
+            pred = localize(run.net, image, run.transform, run.infer)
+            box = box_record(path, image.shape[:2], pred, run.box_names)
+            run.writer.write(stem, image, pred.mask, box)
         else:
             mask = predict_mask(run.net, image, run.transform, run.infer)  # (H, W)
             run.writer.write(stem, image, mask)
@@ -166,7 +174,13 @@ def predict_one(path: Path, run: Predictor, summary: Summary) -> None:
 
 
 @torch.inference_mode()
-def run_localizer(net: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Class probabilities (K,) and the normalised xywh box (4,) of one image."""
-    out = net(x)
-    return {"probs": out[CLS].float().softmax(-1)[0], "box": out[BOX].float()[0]}
+def predicts_masks(net: torch.nn.Module) -> bool:
+    """Whether the net's output carries per-pixel logits (one forward pass on a small input)."""
+    return has_seg_logits(net(torch.zeros(1, 3, 64, 64)))
+
+
+def localization_classes(ckpt: dict[str, Any]) -> tuple[str, ...]:
+    """Names of a localization net's class logits: the VOC objects, after background when the
+    net has 21 logits (``model.num_classes``)."""
+    k = int(ckpt["seg_config"]["model"].get("num_classes", 20))
+    return VOC_CLASSES[len(VOC_CLASSES) - k :]

@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results = dict(trainer.callback_metrics)
     metrics = {
         **{k: float(v) for k, v in results.items()},
-        **per_class_iou(module),
+        **per_class_scores(module),
         "best_checkpoint": best,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -71,9 +71,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def per_class_iou(module: L.LightningModule) -> dict[str, Any]:
-    """Per-class IoU (class name -> value, None when absent) of the module's last validation."""
-    per_class = module.scores.get("val", {}).get("per_class_IoU")
-    if per_class is None:
-        return {}
-    return {"per_class_IoU": nan_to_none(dict(zip(VOC_CLASSES, per_class.tolist(), strict=True)))}
+def per_class_scores(module: L.LightningModule) -> dict[str, Any]:
+    """Per-class IoU and accuracy (class name -> value, None when absent) of the module's last
+    validation, for segmentation modules."""
+    scores = module.scores.get("val", {})
+    return {
+        key: nan_to_none(dict(zip(VOC_CLASSES, scores[key].tolist(), strict=True)))
+        for key in ("per_class_IoU", "per_class_accuracy")
+        if key in scores
+    }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,3 +96,21 @@ def nan_to_none(obj: Any) -> Any:
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON (NaN is written as null)."""
     atomic_write_bytes(path, json.dumps(nan_to_none(obj), indent=2).encode() + b"\n")
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit(143)`` inside the block, so ``finally`` clauses still run.
+
+    For tasks without Lightning (which handles SIGTERM itself during ``fit``). The previous
+    handler is restored afterwards.
+    """
+
+    def exit_(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

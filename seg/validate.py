@@ -90,6 +90,7 @@ LOSS_WEIGHTS = (
     "lovasz_weight",
     "aux_weight",
     "cls_weight",
+    "l2_weight",
     "smooth_l1_weight",
     "giou_weight",
     "seg_weight",

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-import seg.inference as I
+import seg.inference.masks as I
 from seg import predict as P
 from seg.cli import run
 from seg.data.io import read_image

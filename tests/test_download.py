@@ -21,15 +21,14 @@ from conftest import REPO
 from seg.data.download import (
     MARKER,
     VOC2012,
-    DownloadError,
     Resource,
-    UnsafeArchiveError,
     download,
     md5sum,
     missing_dataset_message,
     prepare,
     safe_extract,
 )
+from seg.errors import DownloadError, UnsafeArchiveError
 
 IMAGE = bytes(range(256)) * 1200  # 300 KiB, so a resume point falls mid-file
 SPLIT = b"2007_000032\n2007_000039\n"

@@ -15,7 +15,6 @@ from conftest import REPO, compose
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import seg  # noqa: F401  (resolvers)
 from seg.train import build_module, train
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))

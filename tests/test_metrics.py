@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from seg.constants import IGNORE_INDEX
 from seg.metrics import LocalizationMetrics, SegmentationMetrics, metrics_from_confmat
+from seg.metrics.localization import paired_iou
 
 # 3 classes, one 3x4 image; the 255 pixel (predicted 0) must not count.
 TARGET = torch.tensor([[0, 0, 0, 1], [0, 1, 1, 1], [2, 2, 255, 2]])
@@ -152,9 +153,14 @@ HALF = torch.tensor([0.25, 0.0, 0.5, 0.5])  # overlap 0.125, union 0.375 -> IoU 
 FAR = torch.tensor([0.6, 0.6, 0.4, 0.4])  # disjoint -> IoU 0
 
 
+def onehot(labels: list[int], k: int = 20) -> torch.Tensor:
+    """Logits (B, k) whose top-1 class is ``labels`` (the other ranks follow the index)."""
+    return torch.nn.functional.one_hot(torch.tensor(labels), k).float()
+
+
 def test_box_iou_hand_values() -> None:
     pred = torch.stack([BOX, HALF, FAR, torch.tensor([0.0, 0.0, 0.5, 0.25])])
-    iou = LocalizationMetrics.box_iou(pred, BOX.expand(4, 4))
+    iou = paired_iou(pred, BOX.expand(4, 4))
     assert iou.tolist() == pytest.approx([1.0, 1 / 3, 0.0, 0.5])
 
 
@@ -164,25 +170,21 @@ def test_localization_scores() -> None:
     pred_box = torch.stack([BOX, BOX, HALF, FAR])
     target_box = BOX.expand(4, 4)
     target = torch.tensor([3, 5, 7, 1])
-    pred_labels = torch.tensor([3, 4, 7, 2])
-    metric = LocalizationMetrics()
-    metric.update(pred_labels, pred_box, target, target_box)
+    metric = LocalizationMetrics(num_classes=20)
+    metric.update(onehot([3, 4, 7, 2]), pred_box, target, target_box)
     scores = metric.compute()
     assert scores["mean_IoU"].item() == pytest.approx((1 + 1 + 1 / 3 + 0) / 4)
     assert scores["CorLoc"].item() == pytest.approx(2 / 4)
     assert scores["loc_acc"].item() == pytest.approx(1 / 4)
     assert scores["cls_acc"].item() == pytest.approx(2 / 4)
-    logits = torch.nn.functional.one_hot(pred_labels, 20).float()  # (4, 20)
-    from_logits = LocalizationMetrics()
-    from_logits.update(logits, pred_box, target, target_box)
-    assert from_logits.compute() == scores
+    assert scores["per_class"]["loc_acc"][3].item() == 1.0 and scores["count"][5] == 1
 
 
 def test_localization_threshold_is_inclusive_and_accumulates() -> None:
-    metric = LocalizationMetrics()
+    metric = LocalizationMetrics(num_classes=20)
     half_height = torch.tensor([[0.0, 0.0, 0.5, 0.25]])  # IoU exactly 0.5 with BOX
-    metric.update(torch.tensor([1]), half_height, torch.tensor([1]), BOX[None])
-    metric.update(torch.tensor([1]), FAR[None], torch.tensor([1]), BOX[None])
+    metric.update(onehot([1]), half_height, torch.tensor([1]), BOX[None])
+    metric.update(onehot([1]), FAR[None], torch.tensor([1]), BOX[None])
     scores = metric.compute()
     assert scores["CorLoc"].item() == pytest.approx(1 / 2)
     assert scores["mean_IoU"].item() == pytest.approx(1 / 4)
@@ -190,9 +192,9 @@ def test_localization_threshold_is_inclusive_and_accumulates() -> None:
 
 def test_empty_boxes_give_zero_not_nan() -> None:
     empty = torch.zeros(1, 4)
-    assert LocalizationMetrics.box_iou(empty, empty).tolist() == [0.0]
+    assert paired_iou(empty, empty).tolist() == [0.0]
 
 
 def test_localization_bad_shapes_raise() -> None:
     with pytest.raises(ValueError, match="expected"):
-        LocalizationMetrics().update(torch.tensor([1, 2]), BOX[None], torch.tensor([1]), BOX[None])
+        LocalizationMetrics(20).update(onehot([1, 2]), BOX[None], torch.tensor([1]), BOX[None])

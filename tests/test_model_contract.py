@@ -28,7 +28,7 @@ from seg.modules.localization import LocalizationModule
 
 CONTRACT_KEYS = {"out", "aux", CLS, BOX, BOX_ALL}
 #: Models whose end-to-end run takes under a minute here: the default suite runs them.
-SMALL = {"unet_mobilenetv2", "localizer", "tv_fcn_resnet50"}
+SMALL = {"unet_mobilenetv2", "localizer", "localizer_mobilenetv2", "tv_fcn_resnet50"}
 
 
 def is_localization(model: str) -> bool:

@@ -24,8 +24,8 @@ from PIL import Image
 
 from seg.callbacks import LoadWeights
 from seg.checkpoint import AtomicCheckpointIO, load_checkpoint
-from seg.data.archive import UnsafeArchiveError, safe_extract
-from seg.errors import CheckpointError
+from seg.data.archive import safe_extract
+from seg.errors import CheckpointError, UnsafeArchiveError
 from seg.models.weights import read_state_dict
 from seg.predict import safe_stem
 

@@ -14,9 +14,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-
-class UnsafeArchiveError(ValueError):
-    """An archive member could write outside the destination or is a special file."""
+from seg.errors import UnsafeArchiveError
 
 
 def _is_inside(relative: str) -> bool:

@@ -30,7 +30,8 @@ from rich import progress as rp
 from rich.console import Console
 from rich.text import Text
 
-from seg.data.archive import UnsafeArchiveError, safe_extract
+from seg.data.archive import safe_extract
+from seg.errors import DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,6 @@ SBD = Resource(
     size_bytes=1_419_539_633,
     cli_flag="--sbd",
 )
-
-
-class DownloadError(RuntimeError):
-    """No URL delivered the archive with the right md5. The message says what to do by hand."""
 
 
 def md5sum(path: str | Path, chunk_size: int = CHUNK_SIZE) -> str:
@@ -292,8 +289,30 @@ def _with_env_urls(resource: Resource, variable: str) -> Resource:
     return replace(resource, urls=tuple(urls)) if urls else resource
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code (1 on a download or archive error)."""
+def fetch(args: argparse.Namespace) -> None:
+    """Download, verify and unpack what ``args`` asks for (the ``python -m seg.data.download``
+    task); disk errors become a :class:`DownloadError` naming the archive."""
+    console = Console(stderr=True)
+    resources = [_with_env_urls(VOC2012, "SEG_VOC_URLS")]
+    if args.sbd:
+        resources.append(_with_env_urls(SBD, "SEG_SBD_URLS"))
+    for resource in resources:
+        try:
+            path = prepare(
+                resource, args.data_dir, extract=not args.no_extract, timeout=args.timeout
+            )
+        except OSError as err:
+            raise DownloadError(f"{resource.filename}: {err}") from err
+        except KeyboardInterrupt:
+            console.print("Interrupted; run the same command again to resume the download.")
+            raise
+        console.print(Text(f"{resource.name}: {path}"), soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point: errors and Ctrl+C become exit statuses in :mod:`seg.cli`."""
+    from seg.cli import run
+
     parser = argparse.ArgumentParser(
         prog="python -m seg.data.download",
         description="Download, verify (md5) and unpack PASCAL VOC 2012 and optionally SBD.",
@@ -305,24 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="network timeout, seconds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    console = Console(stderr=True)
-    resources = [_with_env_urls(VOC2012, "SEG_VOC_URLS")]
-    if args.sbd:
-        resources.append(_with_env_urls(SBD, "SEG_SBD_URLS"))
-    try:
-        for resource in resources:
-            path = prepare(
-                resource, args.data_dir, extract=not args.no_extract, timeout=args.timeout
-            )
-            console.print(Text(f"{resource.name}: {path}"), soft_wrap=True)
-    except (DownloadError, UnsafeArchiveError, OSError) as err:
-        console.print("[bold red]error:[/]", Text(str(err)), soft_wrap=True)
-        return 1
-    except KeyboardInterrupt:
-        console.print("Interrupted; run the same command again to resume the download.")
-        return 130
-    return 0
+    run(fetch, args, validate=False)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

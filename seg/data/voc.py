@@ -70,10 +70,15 @@ def _box(obj: ET.Element, path: Path) -> list[float]:
 def parse_annotation(xml_path: str | Path) -> dict[str, Any]:
     """Parse a VOC ``Annotations/<id>.xml``.
 
+    Only the ``<object>`` elements of the annotation are objects: their ``<part>`` children
+    (person layout: head, hand, foot, with boxes of their own), ``<actions>`` and ``<point>`` are
+    not read, and neither are ``<source>``, ``<owner>`` and ``<segmented>``.
+
     Returns:
         dict with ``boxes`` float32 (N, 4) xyxy 0-based (inclusive pixel indices), ``labels``
-        int64 (N,) in 1..20, ``difficult`` bool (N,), ``truncated`` bool (N,), ``width``,
-        ``height`` (ints from ``<size>``).
+        int64 (N,) in 1..20, ``difficult``, ``truncated`` and ``occluded`` bool (N,) (absent
+        means 0), ``pose`` (N strings, "Unspecified" when absent), ``width``, ``height`` (ints
+        from ``<size>``).
 
     Raises:
         BadSampleError: missing/malformed file, DTD present, unknown class, bad box, no objects.
@@ -88,22 +93,24 @@ def parse_annotation(xml_path: str | Path) -> dict[str, Any]:
         width, height = (int(root.findtext(f"size/{k}", "0")) for k in ("width", "height"))
     except (ET.ParseError, ValueError) as e:
         raise BadSampleError(f"{path}: malformed XML ({e})") from e
-    boxes, labels, difficult, truncated = [], [], [], []
-    for obj in root.iter("object"):
+    boxes, labels, pose = [], [], []
+    flags: dict[str, list[bool]] = {"difficult": [], "truncated": [], "occluded": []}
+    for obj in root.findall("object"):  # direct children only: never a nested element
         name = (obj.findtext("name") or "").strip()
         if name not in VOC_CLASSES[1:]:
             raise BadSampleError(f"{path}: unknown class {name!r}")
-        boxes.append(_box(obj, path))
+        boxes.append(_box(obj, path))  # the object's own <bndbox>, not a part's
         labels.append(VOC_CLASSES.index(name))
-        difficult.append((obj.findtext("difficult") or "0").strip() == "1")
-        truncated.append((obj.findtext("truncated") or "0").strip() == "1")
+        pose.append((obj.findtext("pose") or "Unspecified").strip())
+        for key, values in flags.items():
+            values.append((obj.findtext(key) or "0").strip() == "1")
     if not boxes:
         raise BadSampleError(f"{path}: annotation has no <object>")
     return {
         "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         "labels": np.asarray(labels, dtype=np.int64),
-        "difficult": np.asarray(difficult, dtype=bool),
-        "truncated": np.asarray(truncated, dtype=bool),
+        **{key: np.asarray(values, dtype=bool) for key, values in flags.items()},
+        "pose": pose,
         "width": width,
         "height": height,
     }

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from seg.constants import NUM_CLASSES
@@ -61,11 +62,19 @@ def select_box(box_all: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class Localizer(nn.Module):
-    """Encoder -> global average pool -> MLP -> class logits and a box (+ optional mask).
+    """Encoder -> fixed grid of deep features -> MLP -> class logits and a box (+ optional mask).
+
+    As in VGG's classifier, the fully connected layers see a fixed ``grid`` x ``grid`` map of the
+    deepest features (7 x 7 at 224 x 224 input), not a global average: a box regressor needs to
+    know *where* the object is. The map is first reduced to ``reduce_channels`` by a 1x1 conv
+    (the FC layer's input would otherwise be C * 49 wide) and brought to the grid by bilinear
+    resampling, which, unlike adaptive pooling, exports to ONNX for any input size.
 
     Args:
         encoder: Module following the encoder contract (``seg.models.encoders``).
         num_classes: K, number of class logits (20 VOC objects, or 21 with background).
+        reduce_channels: Channels of the deepest features after the 1x1 reduction.
+        grid: Side of the feature grid the MLP reads.
         hidden_channels: Width of the shared hidden layer of the MLP.
         dropout: Dropout after the hidden layer.
         per_class_box: Regress K boxes (PCR) instead of one class-agnostic box (SCR).
@@ -78,6 +87,8 @@ class Localizer(nn.Module):
         self,
         encoder: nn.Module,
         num_classes: int = 20,
+        reduce_channels: int = 128,
+        grid: int = 7,
         hidden_channels: int = 512,
         dropout: float = 0.5,
         per_class_box: bool = False,
@@ -91,10 +102,13 @@ class Localizer(nn.Module):
         self.depth = len(encoder_channels) - 1
         self.num_classes = num_classes
         self.per_class_box = per_class_box
+        self.grid = grid
+        self.reduce = nn.Sequential(
+            nn.Conv2d(encoder_channels[-1], reduce_channels, 1), nn.ReLU(inplace=True)
+        )
         self.mlp = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),  # (B, C, 1, 1)
-            nn.Flatten(),  # (B, C)
-            nn.Linear(encoder_channels[-1], hidden_channels),
+            nn.Flatten(),  # (B, r * g * g)
+            nn.Linear(reduce_channels * grid * grid, hidden_channels),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
         )
@@ -123,6 +137,9 @@ class Localizer(nn.Module):
         # ceil division written with non-negative operands: exporters map // to truncation.
         cells_h, cells_w = (h + stride - 1) // stride, (w + stride - 1) // stride
         deep = features[-1][..., :cells_h, :cells_w]  # (B, C, ceil(H/s), ceil(W/s))
+        deep = self.reduce(deep)  # (B, r, ceil(H/s), ceil(W/s))
+        size = (self.grid, self.grid)
+        deep = F.interpolate(deep, size=size, mode="bilinear", align_corners=False)  # (B, r, g, g)
         hidden = self.mlp(deep)  # (B, hidden)
         logits = self.cls_head(hidden)  # (B, K)
         box = torch.sigmoid(self.box_head(hidden))  # (B, 4) or (B, 4K)

@@ -55,6 +55,8 @@ class BaseModule(L.LightningModule):
         encoder_lr_mult: Encoder learning rate = base lr * this.
         channels_last: Run the net in channels-last memory format (faster convs with AMP).
         scheduler_interval: Step the scheduler every "step" or every "epoch".
+        scheduler_monitor: The logged score a ``ReduceLROnPlateau`` scheduler watches (e.g.
+            ``val/loc_acc``; its ``mode`` says whether higher is better).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class BaseModule(L.LightningModule):
         encoder_lr_mult: float = 1.0,
         channels_last: bool = True,
         scheduler_interval: str = "step",
+        scheduler_monitor: str | None = None,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
@@ -158,7 +161,7 @@ class BaseModule(L.LightningModule):
                 prog_bar=key == metric.SCORES[0],
                 sync_dist=True,
             )
-        self.scores[stage] = {k: v.detach().cpu() for k, v in scores.items()}
+        self.scores[stage] = _detached(scores)
 
     # -- optimisation -------------------------------------------------------------------------
 
@@ -171,6 +174,7 @@ class BaseModule(L.LightningModule):
             hp.encoder_lr_mult,
             self.schedule_length,
             hp.scheduler_interval,
+            hp.scheduler_monitor,
         )
 
     def schedule_length(self) -> float:
@@ -215,3 +219,10 @@ class BaseModule(L.LightningModule):
             for _ in range(done):
                 scheduler.step()
         config.scheduler = scheduler
+
+
+def _detached(obj: Any) -> Any:
+    """``obj`` with every tensor detached and moved to the CPU, through dicts."""
+    if isinstance(obj, dict):
+        return {k: _detached(v) for k, v in obj.items()}
+    return obj.detach().cpu() if isinstance(obj, Tensor) else obj

@@ -23,22 +23,30 @@ from torchvision.ops import box_convert, generalized_box_iou_loss
 from seg.constants import IGNORE_INDEX
 from seg.errors import ConfigError
 from seg.metrics import LocalizationMetrics
-from seg.models import BOX, CLS, has_seg_logits, seg_logits
+from seg.models import BOX, BOX_ALL, CLS, has_seg_logits, seg_logits
+from seg.models.localization import select_box
 from seg.modules.base import BaseModule
 
 
 class LocalizationModule(BaseModule):
     """Train and evaluate a classification + box regression net.
 
-    Loss = ``cls_weight`` * cross-entropy + ``smooth_l1_weight`` * smooth-L1 on xywh
-    (Fast R-CNN, https://arxiv.org/abs/1504.08083) + ``giou_weight`` * (1 - GIoU)
-    (Rezatofighi et al., https://arxiv.org/abs/1902.09630) + ``seg_weight`` * pixel
-    cross-entropy on the net's ``"out"`` logits.
+    Loss = ``cls_weight`` * cross-entropy
+    + ``l2_weight`` * the paper's Euclidean loss: the mean squared error of the box as (centre x,
+    centre y, width, height) (Simonyan & Zisserman 2015, Appendix A)
+    + ``smooth_l1_weight`` * smooth-L1 on (x, y, w, h) (Fast R-CNN, https://arxiv.org/abs/1504.08083)
+    + ``giou_weight`` * (1 - GIoU) (Rezatofighi et al., https://arxiv.org/abs/1902.09630)
+    + ``seg_weight`` * pixel cross-entropy on the net's ``"out"`` logits.
+
+    With per-class regression (the net returns ``"box_all"``, (B, K, 4)) every box term is
+    computed on the box of the **target** class, as the paper trains PCR: the other classes'
+    boxes get no gradient from that image.
 
     Args:
         net: Network returning {"cls", "box"[, "box_all", "out"]}.
         num_classes: K, 20 (object classes) or 21 (with background); see the module doc.
         cls_weight: Weight of the classification loss.
+        l2_weight: Weight of the Euclidean (squared L2, centre form) box loss.
         smooth_l1_weight: Weight of the smooth-L1 box loss.
         giou_weight: Weight of the generalized-IoU box loss.
         seg_weight: Weight of the segmentation loss; needs "out" in the output and "mask" in
@@ -52,6 +60,7 @@ class LocalizationModule(BaseModule):
         net: nn.Module,
         num_classes: int = 20,
         cls_weight: float = 1.0,
+        l2_weight: float = 0.0,
         smooth_l1_weight: float = 1.0,
         giou_weight: float = 0.0,
         seg_weight: float = 0.0,
@@ -59,20 +68,30 @@ class LocalizationModule(BaseModule):
     ) -> None:
         if num_classes not in (20, 21):
             raise ConfigError(f"model.num_classes={num_classes} must be 20 or 21 (VOC)")
+        self.num_classes = num_classes
         super().__init__(net, **kwargs)
         self.label_offset = 1 if num_classes == 20 else 0
 
     def make_metric(self) -> LocalizationMetrics:
-        return LocalizationMetrics()
+        return LocalizationMetrics(self.num_classes)
+
+    def trained_box(self, out: dict[str, Tensor], target: Tensor) -> Tensor:
+        """The box the box losses see: the target class's with per-class regression, (B, 4)."""
+        return select_box(out[BOX_ALL], target) if BOX_ALL in out else out[BOX]
 
     def loss(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Loss terms of one batch: "cls", "smooth_l1", "giou", "seg" (when weighted) and
         their weighted sum "loss"."""
         hp = self.hparams
         target = batch["label"] - self.label_offset  # (B,)
-        box, target_box = out[BOX].float(), batch["box"].float()  # (B, 4) xywh
+        box = self.trained_box(out, target).float()  # (B, 4) xywh
+        target_box = batch["box"].float()
         terms = {"cls": F.cross_entropy(out[CLS], target)}
         weights = {"cls": hp.cls_weight}
+        if hp.l2_weight:
+            centre = partial(box_convert, in_fmt="xywh", out_fmt="cxcywh")
+            terms["l2"] = F.mse_loss(centre(box), centre(target_box))
+            weights["l2"] = hp.l2_weight
         if hp.smooth_l1_weight:
             terms["smooth_l1"] = F.smooth_l1_loss(box, target_box)
             weights["smooth_l1"] = hp.smooth_l1_weight
@@ -96,4 +115,4 @@ class LocalizationModule(BaseModule):
         out = self(batch["image"])
         self.log_terms(self.loss(out, batch), stage, batch["image"].shape[0])
         target = batch["label"] - self.label_offset  # (B,)
-        self.metrics[stage].update(out[CLS], out[BOX], target, batch["box"])
+        self.metrics[stage].update(out[CLS], out[BOX], target, batch["box"], out.get(BOX_ALL))

@@ -115,6 +115,7 @@ def build_optimization(
     encoder_lr_mult: float,
     length: Callable[[], float],
     interval: str,
+    monitor: str | None = None,
 ) -> dict[str, Any]:
     """Everything ``LightningModule.configure_optimizers`` returns.
 
@@ -126,9 +127,10 @@ def build_optimization(
         length: Returns the schedule length in ``interval`` units; called only when the
             scheduler config omits it (it needs a trainer).
         interval: "step" or "epoch".
+        monitor: The logged score a ``ReduceLROnPlateau`` scheduler watches.
 
     Returns:
-        ``{"optimizer": ...}`` plus ``"lr_scheduler": {"scheduler", "interval"}`` if any.
+        ``{"optimizer": ...}`` plus ``"lr_scheduler": {"scheduler", "interval"[, "monitor"]}``.
     """
     if optimizer is None:
         raise ConfigError("optimizer: none configured (choose one, e.g. optimizer=sgd)")
@@ -136,7 +138,11 @@ def build_optimization(
     if not scheduler:  # None, or an empty Hydra config group such as conf/scheduler/none.yaml
         return {"optimizer": opt}
     sched = with_length(scheduler, length())(opt)
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+    lr_scheduler = {"scheduler": sched, "interval": interval}
+    return {
+        "optimizer": opt,
+        "lr_scheduler": lr_scheduler | ({"monitor": monitor} if monitor else {}),
+    }
 
 
 def warmup_poly(

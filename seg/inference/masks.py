@@ -1,29 +1,11 @@
-"""Inference: the one path from a trained net and an image to class scores and a mask.
-
-"Where does a mask come from": here, and only here. Training-time validation, ``evaluate.py``,
-``predict.py`` and the Python API all call these functions, so ``val/mIoU`` and ``evaluate.py``
-come from the same code. The shape follows mmsegmentation's ``EncoderDecoder``
-(https://github.com/open-mmlab/mmsegmentation):
-
-- :func:`windows` is the one window enumerator: the whole image, or overlapping crops of at most
-  ``crop`` pixels per side (never padded: the nets take any size) whose last row and column of
-  windows end exactly at the image border.
-- :func:`tta_probs` is the one test-time augmentation: softmax probabilities of a window,
-  averaged over ``scales`` and horizontal ``flip`` (mmseg's ``aug_test`` semantics; DeepLab,
-  https://arxiv.org/abs/1606.00915). Each scaled output is resized back before the softmax.
-- :func:`predict_probs` averages the windows' probabilities where they overlap;
-  :func:`predict_mask_banded` computes the same windows for a huge image one band of rows at a
-  time, with memory bounded by the image width.
-- :func:`scores_to_mask` is the one argmax, at the original size.
-"""
+"""The segmentation path: windows, TTA, overlap averaging, the band path and the one argmax."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -32,67 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seg.inference.config import InferenceConfig
 from seg.models import seg_logits
-
-MODES = ("whole", "slide")
-
-
-@dataclass
-class InferenceConfig:
-    """How to run a segmentation net on full images (``conf/inference/default.yaml``).
-
-    Attributes:
-        mode: ``"whole"`` runs the net on the full image; ``"slide"`` on overlapping windows.
-        crop: Sliding-window side (pixels); windows are never larger than the image.
-        stride: Sliding-window stride (pixels); ``crop * 2 // 3`` when None.
-        flip: Also run on the horizontally flipped image and average the probabilities.
-        scales: Image scales to average the probabilities over (1.0 = original size).
-        window_batch: How many windows go through the net at once (bounds memory).
-        autocast: Run the net under bf16 autocast (CPU with native bf16, or GPU). False leaves
-            the caller's autocast state alone (e.g. Lightning's precision during validation).
-        channels_last: Feed the net channels_last tensors.
-        slide_above: :func:`predict_mask` goes band by band (sliding windows, memory bounded by
-            the width) for images whose longer side exceeds this; None: never.
-    """
-
-    mode: str = "whole"
-    crop: int = 512
-    stride: int | None = None
-    flip: bool = False
-    scales: Sequence[float] = field(default_factory=lambda: (1.0,))
-    window_batch: int = 4
-    autocast: bool = False
-    channels_last: bool = False
-    slide_above: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"inference.mode must be one of {MODES}, got {self.mode!r}")
-        if self.crop <= 0 or (self.stride is not None and self.stride <= 0):
-            raise ValueError(
-                f"inference.crop and inference.stride must be positive, got {self.crop}, {self.stride}"
-            )
-        if self.stride is not None and self.stride > self.crop:
-            raise ValueError(
-                f"inference.stride={self.stride} is larger than inference.crop={self.crop} "
-                "(sliding windows would leave pixels unpredicted)"
-            )
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"inference.scales must be positive numbers, got {list(self.scales)}")
-        self.scales = tuple(float(s) for s in self.scales)
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> InferenceConfig:
-        """Build from the ``inference`` and ``tta`` nodes of an entry-point config."""
-        from omegaconf import OmegaConf
-
-        opts = OmegaConf.to_container(cfg.inference, resolve=True)
-        tta = OmegaConf.to_container(cfg.tta, resolve=True)
-        return cls(**opts, flip=tta["flip"], scales=tuple(tta["scales"]))
-
-    @property
-    def window_stride(self) -> int:
-        return self.stride or max(self.crop * 2 // 3, 1)
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -119,13 +42,13 @@ def windows(size: tuple[int, int], cfg: InferenceConfig) -> tuple[list[int], lis
     )
 
 
-def _device(net: nn.Module) -> torch.device:
+def device_of(net: nn.Module) -> torch.device:
     param = next(net.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
 
-def _logits(net: nn.Module, x: Tensor, cfg: InferenceConfig) -> Tensor:
-    """Per-pixel logits (B, C, H, W) float32 of images (B, 3, H, W), as the config runs the net."""
+def run_net(net: nn.Module, x: Tensor, cfg: InferenceConfig) -> Any:
+    """The net's output for images (B, 3, H, W), run as the config says (memory format, bf16)."""
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     autocast = (
@@ -134,8 +57,12 @@ def _logits(net: nn.Module, x: Tensor, cfg: InferenceConfig) -> Tensor:
         else contextlib.nullcontext()
     )
     with autocast:
-        out = net(x)
-    return seg_logits(out).float()
+        return net(x)
+
+
+def _logits(net: nn.Module, x: Tensor, cfg: InferenceConfig) -> Tensor:
+    """Per-pixel logits (B, C, H, W) float32 of images (B, 3, H, W)."""
+    return seg_logits(run_net(net, x, cfg)).float()
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -251,7 +178,7 @@ def _add_band(
 
     Classes are the band's last dimension: the per-pixel argmax then reads it contiguously.
     """
-    device = _device(net)
+    device = device_of(net)
     for i in range(0, len(xs), cfg.window_batch):
         chunk = xs[i : i + cfg.window_batch]
         crops = torch.cat([strip[..., x0 : x0 + cw] for x0 in chunk]).to(device)  # (n, 3, ch, cw)
@@ -281,8 +208,19 @@ def scores_to_mask(scores: Tensor, size: tuple[int, int] | None = None) -> Tenso
 
 
 def normalise(image: np.ndarray, transform: Any) -> Tensor:
-    """An RGB uint8 image (H, W, 3) through a checkpoint's eval transform: (1, 3, H', W')."""
-    return transform(image=image)["image"].unsqueeze(0)
+    """An RGB uint8 image (H, W, 3) through a checkpoint's eval transform: (1, 3, H', W').
+
+    A localization transform carries box parameters; it gets an empty box list (what it does to
+    the image does not depend on the boxes).
+    """
+    extra = {}
+    bbox = getattr(transform, "processors", {}).get("bboxes")
+    if bbox is not None:
+        extra = {
+            "bboxes": np.zeros((0, 4), np.float32),
+            **{f: [] for f in bbox.params.label_fields},
+        }
+    return transform(image=image, **extra)["image"].unsqueeze(0)
 
 
 def image_rows(image: np.ndarray, transform: Any, y0: int, y1: int) -> Tensor:
@@ -309,6 +247,6 @@ def predict_mask(net: nn.Module, image: np.ndarray, transform: Any, cfg: Inferen
     """
     h, w = image.shape[:2]
     if cfg.slide_above is None or max(h, w) <= cfg.slide_above:
-        probs = predict_probs(net, normalise(image, transform).to(_device(net)), cfg)
+        probs = predict_probs(net, normalise(image, transform).to(device_of(net)), cfg)
         return scores_to_mask(probs, (h, w))[0].to(torch.uint8).cpu()
     return predict_mask_banded(net, partial(image_rows, image, transform), (h, w), cfg)

@@ -1,14 +1,9 @@
-"""Evaluation metrics: VOC segmentation scores from one confusion matrix, and box localization.
+"""Segmentation scores with the PASCAL VOC devkit's semantics, from one confusion matrix.
 
-Segmentation follows the PASCAL VOC devkit: a single confusion matrix is accumulated over the
-whole evaluation set (rows = ground truth, columns = prediction) and every score is derived
-from it at the end. Averaging per-batch or per-image mIoU instead gives a different, biased
-number. Definitions: Long et al., "Fully Convolutional Networks for Semantic Segmentation",
-sec. 5 (https://arxiv.org/abs/1411.4038).
-
-Localization follows the ILSVRC single-object criterion (class correct and IoU >= 0.5,
-https://arxiv.org/abs/1409.0575) and CorLoc (Deselaers et al. 2012,
-https://doi.org/10.1007/s11263-012-0538-3).
+A single confusion matrix is accumulated over the whole evaluation set (rows = ground truth,
+columns = prediction) and every score is derived from it at the end. Averaging per-batch or
+per-image mIoU instead gives a different, biased number. Definitions: Long et al., "Fully
+Convolutional Networks for Semantic Segmentation", sec. 5 (https://arxiv.org/abs/1411.4038).
 """
 
 from __future__ import annotations
@@ -16,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torchmetrics import Metric
-from torchvision.ops import box_convert, box_iou
 
 from seg.constants import IGNORE_INDEX, NUM_CLASSES
 
@@ -33,7 +27,8 @@ def metrics_from_confmat(confmat: Tensor) -> dict[str, Tensor]:
     Returns:
         Float32 tensors: "mIoU", "pixel_accuracy", "mean_accuracy" (mean per-class recall over
         classes present in the ground truth), "fw_IoU" (IoU weighted by ground-truth frequency),
-        "per_class_IoU" (C,) and "confmat" (C, C), the input unchanged.
+        "per_class_IoU" (C,), "per_class_accuracy" (C,) (recall, NaN for a class absent from
+        the ground truth) and "confmat" (C, C), the input unchanged.
     """
     if confmat.ndim != 2 or confmat.shape[0] != confmat.shape[1]:
         raise ValueError(f"confmat must be square (C, C), got shape {tuple(confmat.shape)}")
@@ -51,6 +46,7 @@ def metrics_from_confmat(confmat: Tensor) -> dict[str, Tensor]:
         "mean_accuracy": recall.nanmean().float(),
         "fw_IoU": (freq[present] * iou[present]).sum().float(),
         "per_class_IoU": iou.float(),
+        "per_class_accuracy": recall.float(),
         "confmat": confmat,
     }
 
@@ -134,74 +130,3 @@ class SegmentationMetrics(Metric):
         """Scores of everything seen since the last reset (:func:`metrics_from_confmat`), and
         "num_images", the number of images scored."""
         return {**metrics_from_confmat(self.confmat), "num_images": self.num_images.clone()}
-
-
-class LocalizationMetrics(Metric):
-    """Single-object localization: one predicted class and box per image.
-
-    Class indices of predictions and targets must use the same numbering. Boxes are
-    (x, y, w, h) with (x, y) the top-left corner, in any common unit (normalised to [0, 1]
-    in this project). A box counts as found when IoU >= ``iou_threshold``.
-
-    Args:
-        iou_threshold: IoU needed for a correct localization.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    #: The scalar scores of ``compute()``, headline first.
-    SCORES = ("loc_acc", "mean_IoU", "CorLoc", "cls_acc")
-
-    def __init__(self, iou_threshold: float = 0.5) -> None:
-        super().__init__()
-        self.iou_threshold = iou_threshold
-        for name in ("iou_sum", "found", "loc_correct", "cls_correct", "total"):
-            dtype = torch.float64 if name == "iou_sum" else torch.long
-            self.add_state(name, default=torch.zeros((), dtype=dtype), dist_reduce_fx="sum")
-
-    def update(
-        self, preds: Tensor, pred_box: Tensor, target_label: Tensor, target_box: Tensor
-    ) -> None:
-        """Add one batch.
-
-        Args:
-            preds: Class logits (B, K) or predicted class indices (B,).
-            pred_box: (B, 4) predicted boxes, xywh.
-            target_label: (B,) true class indices.
-            target_box: (B, 4) true boxes, xywh.
-        """
-        labels = preds.argmax(dim=1) if preds.ndim == 2 else preds  # (B,)
-        n = target_label.shape[0]
-        if labels.shape != (n,) or pred_box.shape != (n, 4) or target_box.shape != (n, 4):
-            raise ValueError(
-                f"expected preds (B,) or (B, K), boxes (B, 4) with B={n}; got "
-                f"{tuple(preds.shape)}, {tuple(pred_box.shape)}, {tuple(target_box.shape)}"
-            )
-        iou = self.box_iou(pred_box, target_box)  # (B,)
-        found = iou >= self.iou_threshold
-        correct = labels == target_label
-        self.iou_sum += iou.double().sum()
-        self.found += found.sum()
-        self.loc_correct += (found & correct).sum()
-        self.cls_correct += correct.sum()
-        self.total += n
-
-    @staticmethod
-    def box_iou(box_a: Tensor, box_b: Tensor) -> Tensor:
-        """Element-wise IoU of two (B, 4) xywh box sets -> (B,); two empty boxes give 0."""
-        a = box_convert(box_a.float(), in_fmt="xywh", out_fmt="xyxy")
-        b = box_convert(box_b.float(), in_fmt="xywh", out_fmt="xyxy")
-        return box_iou(a, b).diagonal().nan_to_num(0.0)  # (B,)
-
-    def compute(self) -> dict[str, Tensor]:
-        """Returns float32 "mean_IoU", "CorLoc" (IoU >= threshold), "loc_acc" (class correct
-        and IoU >= threshold) and "cls_acc"."""
-        total = self.total.double()
-        return {
-            "mean_IoU": (self.iou_sum / total).float(),
-            "CorLoc": (self.found / total).float(),
-            "loc_acc": (self.loc_correct / total).float(),
-            "cls_acc": (self.cls_correct / total).float(),
-        }
