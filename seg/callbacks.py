@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from seg.data.classes import flat_palette
 
 
 class StoreConfig(L.Callback):
@@ -70,3 +74,76 @@ class LoadWeights(L.Callback):
                 f"{len(unknown)} have no place under {self.target_prefix!r} (e.g. {unknown[:3]})"
             )
         pl_module.load_state_dict(mapped, strict=False)
+
+
+class LogPredictions(L.Callback):
+    """Logs the first ``num_images`` validation images to TensorBoard at every validation: the
+    image, its ground truth and the prediction side by side (masks in the dataset's colours;
+    for localization, the target box in green and the predicted one in red).
+
+    The same images every time (the validation loader is not shuffled), so the panels show how
+    the predictions evolve. Without a TensorBoard logger the callback does nothing.
+
+    Args:
+        num_images: How many validation images to show.
+        mean: The per-channel mean of the input normalisation (``augment.mean``).
+        std: Its standard deviation (``augment.std``).
+    """
+
+    def __init__(
+        self,
+        num_images: int = 4,
+        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+    ) -> None:
+        self.num_images = num_images
+        self.mean = torch.tensor([float(v) for v in mean]).view(3, 1, 1)
+        self.std = torch.tensor([float(v) for v in std]).view(3, 1, 1)
+        self._seen = 0
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._seen = 0
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        board = next((x for x in trainer.loggers if isinstance(x, TensorBoardLogger)), None)
+        if board is None or not isinstance(outputs, dict) or trainer.sanity_checking:
+            return
+        palette = torch.tensor(flat_palette(getattr(trainer.datamodule, "palette", None) or []))
+        palette = palette.view(256, 3).to(torch.uint8)
+        for i in range(batch["image"].shape[0]):
+            if self._seen >= self.num_images or not trainer.is_global_zero:
+                return
+            image = self._to_uint8(batch["image"][i])  # (3, H, W)
+            if "mask" in outputs:
+                panels = [image, *(palette[m[i].long().cpu()].permute(2, 0, 1) for m in
+                                   (batch["mask"].clamp(max=255), outputs["mask"]))]  # fmt: skip
+            else:
+                panels = [self._boxes(image, batch["box"][i], outputs["box"][i])]
+            board.experiment.add_image(
+                f"val_predictions/{self._seen}", torch.cat(panels, dim=2), trainer.global_step
+            )
+            self._seen += 1
+
+    def _to_uint8(self, image: torch.Tensor) -> torch.Tensor:
+        """A normalised image (3, H, W) back to uint8 (3, H, W)."""
+        x = image.detach().float().cpu() * self.std + self.mean
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    @staticmethod
+    def _boxes(image: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """``image`` (3, H, W) uint8 with the target (green) and predicted (red) xywh boxes."""
+        from torchvision.ops import box_convert
+        from torchvision.utils import draw_bounding_boxes
+
+        h, w = image.shape[-2:]
+        boxes = torch.stack([target.float().cpu(), pred.float().cpu()]) * torch.tensor([w, h] * 2)
+        xyxy = box_convert(boxes, in_fmt="xywh", out_fmt="xyxy")
+        return draw_bounding_boxes(image, xyxy, colors=["lime", "red"], width=2)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seg import report
 from seg.checkpoint import build_module, is_localization, load_checkpoint
-from seg.constants import VOC_CLASSES
+from seg.data.classes import checkpoint_classes, checkpoint_logit_names
 from seg.inference import InferenceConfig
 from seg.utils import output_dir, write_json
 
@@ -52,11 +52,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
     results, source = module.scores["test"], str(Path(cfg.ckpt).resolve())
+    names, _ = checkpoint_classes(ckpt)
     if localization:
-        names = VOC_CLASSES[len(VOC_CLASSES) - module.num_classes :]
-        record = report.localization_record(results, names, source)
+        record = report.localization_record(results, checkpoint_logit_names(ckpt), source)
     else:
-        record = report.metrics_record(results, VOC_CLASSES, source)
+        record = report.metrics_record(results, names, source)
     if trainer.is_global_zero:
         out = output_dir(cfg)
         out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("plot", True) and localization:
             report.plot_localization(record, results["iou_hist"], out / "localization.png")
         elif cfg.get("plot", True):
-            report.plot_confusion(results["confmat"], VOC_CLASSES, out / "confusion_matrix.png")
+            report.plot_confusion(results["confmat"], names, out / "confusion_matrix.png")
         report.print_table(record)
         print(f"Wrote {out / 'metrics.json'}")
     return record

@@ -8,6 +8,7 @@ absolute logit difference and the argmax agreement must pass ``parity.max_abs`` 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from seg.checkpoint import build_net, load_checkpoint
 from seg.cli import run
+from seg.data.classes import checkpoint_classes
 from seg.errors import ConfigError, ExportError
 from seg.models import OUT
 
@@ -46,16 +48,21 @@ def exportable(net: nn.Module, example: Tensor) -> tuple[nn.Module, tuple[str, .
     return net, (OUT,)
 
 
-def export_torchscript(net: nn.Module, example: Tensor, path: Path) -> Any:
-    """Trace to TorchScript; returns a callable that runs the saved file."""
+def export_torchscript(net: nn.Module, example: Tensor, path: Path, meta: dict[str, str]) -> Any:
+    """Trace to TorchScript, with ``meta`` as the extra file ``seg.json``; returns a callable
+    that runs the saved file."""
     traced = torch.jit.trace(net, example, strict=False, check_trace=False)
-    traced.save(str(path))
+    traced.save(str(path), _extra_files={"seg.json": json.dumps(meta)})
     loaded = torch.jit.load(str(path))
     return lambda x: _as_tuple(loaded(x))
 
 
-def export_onnx(net: nn.Module, example: Tensor, path: Path, names: tuple[str, ...]) -> Any:
-    """Export to ONNX with dynamic batch, height and width; returns an onnxruntime runner."""
+def export_onnx(
+    net: nn.Module, example: Tensor, path: Path, names: tuple[str, ...], meta: dict[str, str]
+) -> Any:
+    """Export to ONNX with dynamic batch, height and width and ``meta`` in the model's metadata
+    properties; returns an onnxruntime runner."""
+    import onnx
     import onnxruntime as ort
 
     dims = {
@@ -73,8 +80,25 @@ def export_onnx(net: nn.Module, example: Tensor, path: Path, names: tuple[str, .
         dynamo=True,
         external_data=False,
     )
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, meta)
+    onnx.save(model, str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: tuple(torch.from_numpy(o) for o in session.run(None, {"image": x.numpy()}))
+
+
+def export_metadata(ckpt: dict[str, Any], outputs: tuple[str, ...]) -> dict[str, str]:
+    """What a deployment needs besides the weights: the class names (index = output channel),
+    their colours, the output names and the input normalisation (JSON strings)."""
+    names, palette = checkpoint_classes(ckpt)
+    steps = ckpt["seg_config"]["augment"]["eval"].get("transforms", [])
+    norm = next((t for t in steps if str(t.get("_target_", "")).endswith("Normalize")), {})
+    return {
+        "classes": json.dumps(list(names)),
+        "palette": json.dumps([palette[i : i + 3] for i in range(0, 3 * len(names), 3)]),
+        "outputs": json.dumps(list(outputs)),
+        "normalize": json.dumps({k: norm.get(k) for k in ("mean", "std")}),
+    }
 
 
 def _as_tuple(out: Any) -> tuple[Tensor, ...]:
@@ -99,17 +123,19 @@ def parity(net: nn.Module, runner: Any, sizes: list[list[int]]) -> dict[str, flo
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt`` and check parity; see ``conf/export.yaml``."""
     ckpt_path = Path(cfg.ckpt)
-    net = build_net(load_checkpoint(ckpt_path), ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
+    net = build_net(ckpt, ckpt_path)
     example = torch.randn(1, 3, *cfg.example_size)
     model, names = exportable(net, example)
     if cfg.format not in ("onnx", "torchscript"):
         raise ConfigError(f"format={cfg.format!r} must be 'onnx' or 'torchscript'")
     suffix = ".onnx" if cfg.format == "onnx" else ".pt"
     path = Path(cfg.output) if cfg.output else ckpt_path.with_suffix(suffix)
+    meta = export_metadata(ckpt, names)
     if cfg.format == "onnx":
-        runner = export_onnx(model, example, path, names)
+        runner = export_onnx(model, example, path, names, meta)
     else:
-        runner = export_torchscript(model, example, path)
+        runner = export_torchscript(model, example, path, meta)
     report = parity(model, runner, [list(s) for s in cfg.parity.sizes])
     report["passed"] = (
         report["max_abs_diff"] <= cfg.parity.max_abs

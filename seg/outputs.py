@@ -17,25 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from seg.constants import VOC_CLASSES, VOC_PALETTE
-from seg.inference import Localization
 from seg.utils import atomic_open, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-PALETTE = np.array(VOC_PALETTE, dtype=np.uint8).reshape(256, 3)
 BOX_COLOUR = (255, 32, 32)
 
 
-def encode_png(array: np.ndarray, palette: bool = True) -> bytes:
-    """PNG bytes of an (H, W) uint8 index mask, with the VOC palette when ``palette``."""
+def encode_png(array: np.ndarray, palette: Sequence[int] | None = VOC_PALETTE) -> bytes:
+    """PNG bytes of an (H, W) uint8 index mask, with ``palette`` (flat, 768 ints) if given."""
     img = Image.fromarray(array.astype(np.uint8), mode="L")
-    if palette:
+    if palette is not None:
         img = img.convert("P")
-        img.putpalette(VOC_PALETTE)
+        img.putpalette(list(palette))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -52,6 +49,7 @@ def overlay(
     mask: np.ndarray | None = None,
     box: dict[str, Any] | None = None,
     class_names: Sequence[str] = VOC_CLASSES,
+    palette: Sequence[int] = VOC_PALETTE,
     alpha: float = 0.5,
 ) -> Image.Image:
     """The image blended with the mask colours and a legend of the classes present, and the box
@@ -62,8 +60,9 @@ def overlay(
     Args:
         image: (H, W, 3) uint8 RGB.
         mask: (H, W) uint8 class indices, or None.
-        box: A box record (:func:`box_record`), or None.
+        box: A box record (:func:`seg.inference.box_record`), or None.
         class_names: Names of the mask's classes.
+        palette: Their colours, flat (768 ints).
         alpha: Weight of the mask colours.
     """
     out = Image.fromarray(image)
@@ -71,14 +70,14 @@ def overlay(
     if mask is not None:
         labels = Image.fromarray(mask.astype(np.uint8, copy=False), mode="L")
         colours = labels.convert("P")
-        colours.putpalette(VOC_PALETTE)
+        colours.putpalette(list(palette))
         blend = Image.blend(out, colours.convert("RGB"), alpha)
         out = Image.composite(blend, out, labels.point(lambda v: 255 if v else 0))
         draw = ImageDraw.Draw(out)
         present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[: len(class_names)])
         for row, c in enumerate(present.tolist()):
             y = 4 + 14 * row
-            fill = tuple(int(v) for v in PALETTE[c])
+            fill = tuple(int(v) for v in palette[3 * c : 3 * c + 3])
             draw.rectangle((4, y, 14, y + 10), fill=fill, outline="white")
             draw.text(
                 (18, y - 1), class_names[c], fill="white", stroke_width=1, stroke_fill="black"
@@ -92,36 +91,6 @@ def overlay(
     return out
 
 
-def box_record(
-    path: Path, size: tuple[int, int], pred: Localization, class_names: Sequence[str]
-) -> dict[str, Any]:
-    """The record of one image's predicted box, in the image's own pixels (as displayed).
-
-    Args:
-        path: The input file.
-        size: Its (H, W), EXIF orientation applied.
-        pred: The net's prediction; ``pred.probs`` has one entry per name of ``class_names``.
-        class_names: The names of the net's class logits.
-
-    Returns:
-        ``{"file", "class", "class_index", "score", "box_xywh", "box_xyxy"}``; the box is clipped
-        to the image.
-    """
-    h, w = size
-    k = int(pred.probs.argmax())
-    x, y, bw, bh = pred.box.tolist()
-    x1, y1 = min(max(x * w, 0.0), w), min(max(y * h, 0.0), h)
-    x2, y2 = min(max((x + bw) * w, x1), w), min(max((y + bh) * h, y1), h)
-    return {
-        "file": str(path),
-        "class": class_names[k],
-        "class_index": k,
-        "score": float(pred.probs[k]),
-        "box_xywh": [x1, y1, x2 - x1, y2 - y1],
-        "box_xyxy": [x1, y1, x2, y2],
-    }
-
-
 class PredictionWriter:
     """Writes the outputs of one image: ``<stem>.png`` (VOC palette), ``<stem>_index.png`` (plain
     8-bit class indices), ``<stem>_overlay.jpg``, and its line of ``boxes.jsonl``.
@@ -131,12 +100,23 @@ class PredictionWriter:
         save: Mapping with booleans ``mask``, ``overlay``, ``index``.
         masks: The net predicts masks.
         boxes: The net predicts boxes.
+        class_names: The mask classes' names (the overlay's legend).
+        palette: Their colours, flat (768 ints): masks and overlays use them.
     """
 
     JSONL, JSON = "boxes.jsonl", "boxes.json"
 
-    def __init__(self, out: Path, save: Any, masks: bool = True, boxes: bool = False) -> None:
+    def __init__(
+        self,
+        out: Path,
+        save: Any,
+        masks: bool = True,
+        boxes: bool = False,
+        class_names: Sequence[str] = VOC_CLASSES,
+        palette: Sequence[int] = VOC_PALETTE,
+    ) -> None:
         self.out, self.save, self.masks, self.boxes = out, save, masks, boxes
+        self.class_names, self.palette = class_names, palette
         self.boxed = {record["stem"] for record in self._records()} if boxes else set()
 
     def _paths(self, stem: str) -> list[Path]:
@@ -158,16 +138,16 @@ class PredictionWriter:
         self,
         stem: str,
         image: np.ndarray,
-        mask: torch.Tensor | None = None,
+        mask: np.ndarray | None = None,
         box: dict[str, Any] | None = None,
     ) -> None:
-        m = None if mask is None else mask.to(torch.uint8).cpu().numpy()  # (H, W)
+        m = None if mask is None else np.asarray(mask, dtype=np.uint8)  # (H, W)
         if m is not None and self.save.get("mask", True):
-            atomic_write_bytes(self.out / f"{stem}.png", encode_png(m))
+            atomic_write_bytes(self.out / f"{stem}.png", encode_png(m, self.palette))
         if m is not None and self.save.get("index", False):
-            atomic_write_bytes(self.out / f"{stem}_index.png", encode_png(m, palette=False))
+            atomic_write_bytes(self.out / f"{stem}_index.png", encode_png(m, palette=None))
         if self.save.get("overlay", False):
-            image_overlay = overlay(image, m, box)
+            image_overlay = overlay(image, m, box, self.class_names, self.palette)
             atomic_write_bytes(self.out / f"{stem}_overlay.jpg", encode_jpeg(image_overlay))
         if box is not None:
             self._append({"stem": stem, **box})

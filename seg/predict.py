@@ -19,20 +19,15 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.progress import track
 
-from seg.checkpoint import build_net, is_localization, load_checkpoint
-from seg.constants import VOC_CLASSES
+from seg.api import Model
 from seg.data.io import read_image
 from seg.errors import BadSampleError, InputError
-from seg.inference import InferenceConfig, localize, predict_mask
-from seg.models import has_seg_logits
-from seg.outputs import PredictionWriter, box_record
+from seg.inference import InferenceConfig
+from seg.outputs import PredictionWriter
 from seg.utils import sigterm_exits
 
 log = logging.getLogger(__name__)
@@ -89,11 +84,8 @@ def safe_stem(path: Path) -> str:
 class Predictor:
     """What :func:`predict_one` needs, built once per run."""
 
-    net: torch.nn.Module
-    transform: Any
-    infer: InferenceConfig
+    model: Model
     writer: PredictionWriter
-    box_names: tuple[str, ...] | None = None  # the class logits' names, localization only
     overwrite: bool = False
 
 
@@ -108,20 +100,14 @@ def predict(cfg: DictConfig) -> int:
         InputError: ``input`` matches nothing, or no image file.
     """
     images, ignored = list_inputs(str(cfg.input))
-    ckpt = load_checkpoint(cfg.ckpt)
-    net = build_net(ckpt, cfg.ckpt)
-    box_names = localization_classes(ckpt) if is_localization(ckpt) else None
-    masks = box_names is None or predicts_masks(net)
+    model = Model(cfg.ckpt, InferenceConfig.from_config(cfg))
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    run = Predictor(
-        net=net,
-        transform=instantiate(ckpt["seg_config"]["augment"]["eval"]),
-        infer=InferenceConfig.from_config(cfg),
-        writer=PredictionWriter(out, cfg.save, masks=masks, boxes=box_names is not None),
-        box_names=box_names,
-        overwrite=bool(cfg.overwrite),
+    boxes = model.logit_names is not None
+    writer = PredictionWriter(
+        out, cfg.save, model.predicts_masks, boxes, model.classes, model.palette
     )
+    run = Predictor(model, writer, overwrite=bool(cfg.overwrite))
     summary = Summary(ignored=[str(p) for p in ignored])
     try:
         with sigterm_exits():  # SIGTERM -> SystemExit(143): the finally below still runs
@@ -159,28 +145,14 @@ def predict_one(path: Path, run: Predictor, summary: Summary) -> None:
         return
     try:
         image = read_image(path)  # (H, W, 3) uint8, upright
-        if run.box_names is not None:
-            pred = localize(run.net, image, run.transform, run.infer)
-            box = box_record(path, image.shape[:2], pred, run.box_names)
-            run.writer.write(stem, image, pred.mask, box)
+        result = run.model.predict(image)  # mask (H, W), or a box record (+ "mask")
+        if isinstance(result, dict):
+            mask = result.pop("mask", None)
+            run.writer.write(stem, image, mask, {"file": str(path), **result})
         else:
-            mask = predict_mask(run.net, image, run.transform, run.infer)  # (H, W)
-            run.writer.write(stem, image, mask)
+            run.writer.write(stem, image, result)
     except Exception as err:  # noqa: BLE001  (one bad file never stops the batch)
         summary.failed.append(failure_line(path, err))
         log.error("%s", summary.failed[-1])
         return
     summary.written += 1
-
-
-@torch.inference_mode()
-def predicts_masks(net: torch.nn.Module) -> bool:
-    """Whether the net's output carries per-pixel logits (one forward pass on a small input)."""
-    return has_seg_logits(net(torch.zeros(1, 3, 64, 64)))
-
-
-def localization_classes(ckpt: dict[str, Any]) -> tuple[str, ...]:
-    """Names of a localization net's class logits: the VOC objects, after background when the
-    net has 21 logits (``model.num_classes``)."""
-    k = int(ckpt["seg_config"]["model"].get("num_classes", 20))
-    return VOC_CLASSES[len(VOC_CLASSES) - k :]

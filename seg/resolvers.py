@@ -1,7 +1,9 @@
-"""OmegaConf resolvers used by the trainer presets (``conf/trainer/*.yaml``).
+"""OmegaConf resolvers used by the configs. Registered on ``import seg``.
 
-They pick hardware-dependent defaults at compose time, so one config works on a laptop CPU,
-an AMX/AVX512-BF16 server CPU and a GPU. Registered on ``import seg``.
+The hardware ones pick defaults at compose time (``conf/trainer/*.yaml``), so one config works
+on a laptop CPU, an AMX/AVX512-BF16 server CPU and a GPU. The class ones read a dataset's
+classes and colours (:mod:`seg.data.classes`) for ``conf/data/*.yaml`` and size the models'
+outputs from them (``conf/module/*.yaml``).
 """
 
 from __future__ import annotations
@@ -66,12 +68,19 @@ def multi_device(devices: object, num_nodes: object = 1) -> bool:
 
 def register() -> None:
     """Register the ``seg.*`` resolvers (idempotent)."""
+    from seg.data import classes
+
     resolvers = {
         "seg.cpu_precision": cpu_precision,
         "seg.gpu_precision": gpu_precision,
         "seg.auto_precision": auto_precision,
         "seg.multi_device": multi_device,
         "seg.native_bf16": native_bf16,
+        "seg.classes": classes.dataset_classes,
+        "seg.palette": classes.dataset_palette,
+        "seg.len": len,
+        "seg.num_objects": classes.num_objects,
+        "seg.label_offset": classes.label_offset,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

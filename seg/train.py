@@ -15,7 +15,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from seg.callbacks import StoreConfig
-from seg.constants import VOC_CLASSES
 from seg.utils import instantiate_all, nan_to_none, output_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results = dict(trainer.callback_metrics)
     metrics = {
         **{k: float(v) for k, v in results.items()},
-        **per_class_scores(module),
+        **per_class_scores(module, cfg.data.classes),
         "best_checkpoint": best,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -71,12 +70,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def per_class_scores(module: L.LightningModule) -> dict[str, Any]:
+def per_class_scores(module: L.LightningModule, names: list[str]) -> dict[str, Any]:
     """Per-class IoU and accuracy (class name -> value, None when absent) of the module's last
     validation, for segmentation modules."""
     scores = module.scores.get("val", {})
     return {
-        key: nan_to_none(dict(zip(VOC_CLASSES, scores[key].tolist(), strict=True)))
+        key: nan_to_none(dict(zip(names, scores[key].tolist(), strict=True)))
         for key in ("per_class_IoU", "per_class_accuracy")
         if key in scores
     }

@@ -17,7 +17,6 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from seg.constants import NUM_CLASSES
 from seg.errors import ConfigError
 
 Check = Callable[[Any], bool]
@@ -153,25 +152,26 @@ def _class_counts(node: Any, path: str) -> Iterator[tuple[str, Any]]:
 
 
 def _check_classes(cfg: DictConfig) -> Iterator[str]:
-    """Class counts must match the data: 21 VOC labels (localization heads: 20 or 21)."""
+    """Class counts must match the data's classes (``data.classes``; VOC's 21 by default): C
+    per-pixel logits, and K = C - ``model.label_offset`` class logits for localization."""
     target = _get(cfg, "model._target_")
-    if target is None:
+    names = _get(cfg, "data.classes")
+    if target is None or names is None:
         return
+    c = len(names)
+    source = f"the {c} classes of data.classes"
     localization = str(target).endswith("LocalizationModule")
+    expected = c - (_get(cfg, "model.label_offset") or 0) if localization else c
     module_k = _get(cfg, "model.num_classes")
-    if localization and module_k not in (None, 20, 21):
-        yield f"model.num_classes={module_k!r} must be 20 (VOC objects) or 21 (with background)"
-    elif not localization and module_k not in (None, NUM_CLASSES):
-        yield f"model.num_classes={module_k!r} must be {NUM_CLASSES} (the VOC labels 0..20)"
+    if module_k not in (None, expected):
+        yield f"model.num_classes={module_k!r} must be {expected} ({source})"
     for key, k in _class_counts(_get(cfg, "model.net"), "model.net"):
-        if localization and key == "model.net.num_classes":
-            if k != (module_k or 20):
-                yield f"{key}={k!r} must equal model.num_classes={module_k or 20}"
-        elif k != NUM_CLASSES:
-            yield f"{key}={k!r} must be {NUM_CLASSES} (the VOC labels 0..20)"
+        want = expected if localization and key == "model.net.num_classes" else c
+        if k != want:
+            yield f"{key}={k!r} must be {want} ({source})"
     weights = _get(cfg, "model.class_weights")
-    if weights is not None and len(weights) != (module_k or NUM_CLASSES):
-        yield f"model.class_weights has {len(weights)} entries for {module_k or NUM_CLASSES} classes"
+    if weights is not None and len(weights) != c:
+        yield f"model.class_weights has {len(weights)} entries for {c} classes"
 
 
 def problems(cfg: DictConfig) -> list[str]:

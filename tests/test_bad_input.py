@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 import seg.inference.masks as I
+from seg import api
 from seg import predict as P
 from seg.cli import run
 from seg.data.io import read_image
@@ -164,7 +165,10 @@ def test_predict_writes_mask_in_displayed_orientation(colour_ckpt, tmp_path, ori
 def test_one_pixel_image_with_a_real_net(tmp_path: Path) -> None:
     cfg = compose("train", "model=unet_mobilenetv2")  # stride 32
     net = instantiate(cfg.model.net)
-    config = {"model": OmegaConf.to_container(cfg.model), "augment": {"eval": EVAL}}
+    config = {
+        "model": OmegaConf.to_container(cfg, resolve=True)["model"],
+        "augment": {"eval": EVAL},
+    }
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     ckpt = tmp_path / "unet.ckpt"
     torch.save({"seg_config": config, "state_dict": state}, ckpt)
@@ -186,7 +190,7 @@ def test_batch_never_stops_for_one_bad_file(colour_ckpt, tmp_path, capsys, monke
     (src / "c.png").write_text("an image suffix, but text")
     (src / "notes.txt").write_text("not an image")
     (src / "labels.csv").write_text("a,b\n")
-    segment = P.predict_mask
+    segment = api.predict_mask
 
     def failing(net, image, *rest):  # the third image to reach inference (e.png) fails
         if failing.calls == 2:
@@ -195,7 +199,7 @@ def test_batch_never_stops_for_one_bad_file(colour_ckpt, tmp_path, capsys, monke
         return segment(net, image, *rest)
 
     failing.calls = 0
-    monkeypatch.setattr(P, "predict_mask", failing)
+    monkeypatch.setattr(api, "predict_mask", failing)
     assert predict(colour_ckpt, src, out) == 1
     std = capsys.readouterr()
     assert "2 written, 0 already done, 3 failed, 2 non-image files ignored" in std.out
@@ -206,7 +210,7 @@ def test_batch_never_stops_for_one_bad_file(colour_ckpt, tmp_path, capsys, monke
     assert "cannot decode" in failed[0] and "RuntimeError: out of memory second line" in failed[2]
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "d.png"]
     np.testing.assert_array_equal(mask_of(out, "a"), red_mask(quadrants()))
-    monkeypatch.setattr(P, "predict_mask", segment)
+    monkeypatch.setattr(api, "predict_mask", segment)
     assert predict(colour_ckpt, src, out) == 1  # a re-run redoes only what failed
     assert "1 written, 2 already done, 2 failed" in capsys.readouterr().out
 

@@ -1,8 +1,5 @@
-"""Data layer: VOC readers and datasets (``voc``), SBD trainaug (``sbd``), the synthetic sample
-(``sample``), augmentation presets (``transforms``), the LightningDataModule (``datamodule``)
-and the downloader (``download``). Import from the submodules; this package stays import-light.
+"""Data layer: VOC readers and datasets (``voc``), SBD trainaug (``sbd``), a dataset's classes and
+colours (``classes``), the synthetic sample (``sample``), image and mask reading (``io``), the
+LightningDataModule (``datamodule``) and the downloader (``download``). Import from the
+submodules; this package stays import-light (augmentation presets live in ``conf/augment``).
 """
-
-from seg.errors import BadSampleError, DatasetNotFoundError
-
-__all__ = ["BadSampleError", "DatasetNotFoundError"]

@@ -13,7 +13,7 @@ of eval steps, which is fine because metrics are synced once, at ``compute()``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from torch.utils.data import (
     default_collate,
 )
 
-from seg.constants import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
+from seg.constants import IGNORE_INDEX, VOC_CLASSES
 from seg.data.sample import ensure_sample
 from seg.data.sbd import check_no_leak
 from seg.data.voc import VOCSegmentation
@@ -123,6 +123,8 @@ class VOCDataModule(L.LightningDataModule):
             ``root`` in ``prepare_data`` when it is missing; ``None`` for real data.
         seed: shuffling seed of the distributed training sampler.
         drop_last: drop the last incomplete training batch (when there is more than one batch).
+        classes: the dataset's class names (index = label value); VOC's 21 when None.
+        palette: RGB colour of each label (masks saved in colours); VOC's when None.
     """
 
     def __init__(
@@ -143,6 +145,8 @@ class VOCDataModule(L.LightningDataModule):
         generate_sample: Mapping[str, Any] | None = None,
         seed: int = 0,
         drop_last: bool = True,
+        classes: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -155,16 +159,14 @@ class VOCDataModule(L.LightningDataModule):
         self.dataset = dataset or VOCSegmentation
         self.train_dataset = train_dataset or self.dataset
         self.generate_sample = dict(generate_sample) if generate_sample is not None else None
+        self.classes = tuple(classes or VOC_CLASSES)
+        self.palette = [list(c) for c in palette] if palette else None
         self.data_train: Dataset | None = None
         self.data_eval: Dataset | None = None
 
     @property
     def num_classes(self) -> int:
-        return NUM_CLASSES
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return VOC_CLASSES
+        return len(self.classes)
 
     def prepare_data(self) -> None:
         """Generate the synthetic sample once (rank 0 only; a no-op when it is complete)."""
@@ -186,7 +188,14 @@ class VOCDataModule(L.LightningDataModule):
             check_no_leak(train_ids, eval_ids, f"{self.train_split!r} training")
 
     def _build(self, factory: Callable[..., Dataset], split: str, transform) -> Dataset:
-        return factory(self.root, split=split, transform=transform, skip_bad=self.skip_bad)
+        return factory(
+            self.root,
+            split=split,
+            transform=transform,
+            skip_bad=self.skip_bad,
+            classes=self.classes,
+            palette=self.palette,
+        )
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -1,13 +1,14 @@
 """Reading images and label masks from disk, with every failure named after its file.
 
 Images of any PIL mode (L, LA, P, RGBA, CMYK, I;16, ...) come back as upright RGB uint8 (the EXIF
-orientation is applied). Masks come back as int64 labels in {0..20, 255}: palette indices of a
-"P" PNG, grey or 16-bit values, or VOC palette colours of an RGB PNG. Anything else raises
+orientation is applied). Masks come back as int64 labels in {0..C-1, 255} (C = 21 for VOC):
+palette indices of a "P" PNG, grey or 16-bit values, or the classes' colours of an RGB PNG. Anything else raises
 :class:`~seg.data.errors.BadSampleError` with the file, and the problem, in one line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,8 @@ from PIL import Image, ImageFile, ImageOps
 from seg.constants import IGNORE_INDEX, NUM_CLASSES, VOC_PALETTE
 from seg.errors import BadSampleError
 
-__all__ = ["check_mask_size", "read_image", "read_mask", "validate_mask"]
+__all__ = ["check_mask_size", "read_image", "read_mask", "to_rgb", "validate_mask"]
 
-_VALID_LABELS = np.array([*range(NUM_CLASSES), IGNORE_INDEX])
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _WIDE_GREY = ("I;16", "I;16B", "I;16L", "I", "F")
 _MASK_MODES = ("P", "L", "I;16", "I;16B", "I;16L", "I")
@@ -65,85 +65,105 @@ def read_image(path: str | Path) -> np.ndarray:
             has no RGB conversion.
     """
     path = Path(path)
-    img = _open(path)
+    return to_rgb(_open(path), path)
+
+
+def to_rgb(img: Image.Image, source: str | Path) -> np.ndarray:
+    """A decoded PIL image as upright RGB uint8 (H, W, 3); see :func:`read_image`.
+
+    The EXIF rotation is applied in place (no copy of a huge image): pass a copy of an image
+    that must stay as it is. ``source`` names it in errors.
+    """
     try:
-        ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of a huge image
+        ImageOps.exif_transpose(img, in_place=True)
     except _PIL_ERRORS as e:  # malformed EXIF
-        raise BadSampleError(f"{path}: cannot apply EXIF orientation ({_one_line(e)})") from e
+        raise BadSampleError(f"{source}: cannot apply EXIF orientation ({_one_line(e)})") from e
     if img.mode in _WIDE_GREY:
         return _wide_grey_to_rgb(img)
     try:
         rgb = img if img.mode == "RGB" else img.convert("RGB")
     except _PIL_ERRORS as e:
-        raise BadSampleError(f"{path}: cannot convert mode {img.mode!r} to RGB ({e})") from e
+        raise BadSampleError(f"{source}: cannot convert mode {img.mode!r} to RGB ({e})") from e
     pixels = np.asarray(rgb)  # read-only view of a copy of the pixels
     del img, rgb  # free the decoded image before the writable copy (huge photos)
     return pixels.copy()  # (H, W, 3) uint8
 
 
-def _colour_lut() -> dict[int, int]:
-    """Packed RGB colour -> label, for labels 0..20 and 255."""
-    pal = np.asarray(VOC_PALETTE).reshape(256, 3)
+def _colour_lut(num_classes: int, palette: Sequence[int]) -> dict[int, int]:
+    """Packed RGB colour -> label, for labels 0..num_classes-1 and 255 (``palette`` flat)."""
+    pal = np.asarray(palette).reshape(-1, 3)
     return {
         int(r) << 16 | int(g) << 8 | int(b): int(k)
         for k, (r, g, b) in enumerate(pal)
-        if k < NUM_CLASSES or k == IGNORE_INDEX
+        if k < num_classes or k == IGNORE_INDEX
     }
 
 
-def _rgb_to_labels(rgb: np.ndarray, path: Path) -> np.ndarray:
-    """Map a VOC-coloured RGB mask (H, W, 3) to labels (H, W); unknown colours are an error."""
+def _rgb_to_labels(
+    rgb: np.ndarray, path: Path, num_classes: int, palette: Sequence[int]
+) -> np.ndarray:
+    """Map an RGB mask (H, W, 3) in the dataset's colours to labels (H, W); unknown colours are
+    an error."""
     packed = rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64) << 8 | rgb[..., 2]
     colours, inverse = np.unique(packed, return_inverse=True)
-    lut = _colour_lut()
+    lut = _colour_lut(num_classes, palette)
     unknown = [f"#{c:06x}" for c in colours.tolist() if c not in lut]
     if unknown:
         raise BadSampleError(
-            f"{path}: RGB mask has non-VOC colours {unknown[:5]} "
-            "(save masks as palette indices, or in the VOC palette colours)"
+            f"{path}: RGB mask has colours {unknown[:5]} that are not the dataset's "
+            "(save masks as palette indices, or in the palette colours of the classes)"
         )
     return np.array([lut[c] for c in colours.tolist()], dtype=np.int64)[
         inverse.reshape(packed.shape)
     ]
 
 
-def validate_mask(mask: np.ndarray, path: str | Path) -> np.ndarray:
-    """Check that every value is a VOC label (0..20) or void (255); return it as int64 (H, W).
+def validate_mask(mask: np.ndarray, path: str | Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Check that every value is a label (0..num_classes-1) or void (255); return it as int64.
 
     Raises:
         BadSampleError: naming ``path`` and (up to five of) the offending values.
     """
     if mask.dtype == np.uint8:  # fast path for PNG masks
-        bad = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[NUM_CLASSES:IGNORE_INDEX])
-        bad += NUM_CLASSES
+        bad = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[num_classes:IGNORE_INDEX])
+        bad += num_classes
     else:
-        bad = np.setdiff1d(np.unique(mask), _VALID_LABELS)
+        bad = np.setdiff1d(np.unique(mask), [*range(num_classes), IGNORE_INDEX])
     if bad.size:
-        raise BadSampleError(f"{path}: mask values {bad[:5].tolist()} outside {{0..20, 255}}")
+        raise BadSampleError(
+            f"{path}: mask values {bad[:5].tolist()} outside {{0..{num_classes - 1}, 255}}"
+        )
     return mask.astype(np.int64, copy=False)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
+def read_mask(
+    path: str | Path, num_classes: int = NUM_CLASSES, palette: Sequence[int] = VOC_PALETTE
+) -> np.ndarray:
     """Read a label mask: palette INDICES of a "P" PNG (never its colours), or grey/16-bit values.
 
-    RGB(A) masks are accepted when every colour is a VOC palette colour.
+    RGB(A) masks are accepted when every colour is one of the classes' ``palette`` colours.
+
+    Args:
+        path: The mask file.
+        num_classes: Labels are 0..num_classes-1, and 255 (void).
+        palette: The classes' colours, flat ``[r0, g0, b0, r1, ...]`` (VOC's by default).
 
     Returns:
-        int64 array (H, W) with values in 0..20 and 255.
+        int64 array (H, W) with values in 0..num_classes-1 and 255.
 
     Raises:
         BadSampleError: missing/corrupt file, unsupported mode, unknown colour or value outside
-            {0..20, 255}.
+            the labels.
     """
     path = Path(path)
     img = _open(path)
     if img.mode in _MASK_MODES:
         mask = np.asarray(img)  # (H, W) indices
     elif img.mode in ("RGB", "RGBA"):
-        mask = _rgb_to_labels(np.asarray(img.convert("RGB")), path)
+        mask = _rgb_to_labels(np.asarray(img.convert("RGB")), path, num_classes, palette)
     else:
         raise BadSampleError(f"{path}: unsupported mask mode {img.mode!r}")
-    return validate_mask(mask, path)
+    return validate_mask(mask, path, num_classes)
 
 
 def check_mask_size(mask: np.ndarray, image: np.ndarray, path: str | Path) -> None:

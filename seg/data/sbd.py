@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.io
@@ -101,6 +102,7 @@ class SBDSegmentation(VOCSegmentation):
         skip_bad: log and skip bad samples instead of raising.
         sbd_root: ``benchmark_RELEASE`` (or its ``dataset/``), used when the list file is absent.
         mask_dir: folder of the pre-converted PNG masks.
+        **kwargs: ``classes`` and ``palette``, as :class:`VOCSegmentation` takes them.
     """
 
     def __init__(
@@ -111,10 +113,11 @@ class SBDSegmentation(VOCSegmentation):
         skip_bad: bool = False,
         sbd_root: str | Path | None = None,
         mask_dir: str = "SegmentationClassAug",
+        **kwargs: Any,
     ):
         self.sbd = _sbd_dir(sbd_root)
         self.from_mat = False
-        super().__init__(root, split, transform, skip_bad, mask_dir=mask_dir)
+        super().__init__(root, split, transform, skip_bad, mask_dir=mask_dir, **kwargs)
 
     def _read_ids(self) -> list[str]:
         self._require(self.voc / "JPEGImages")
@@ -139,4 +142,6 @@ class SBDSegmentation(VOCSegmentation):
 
     def read_mask(self, image_id: str) -> np.ndarray:
         path = self.mask_path(image_id)
-        return read_sbd_mat(path) if path.suffix == ".mat" else read_mask(path)
+        if path.suffix == ".mat":
+            return read_sbd_mat(path)
+        return read_mask(path, len(self.classes), self.palette)

@@ -1,12 +1,15 @@
 """PASCAL VOC 2012 readers: XML boxes, id lists and the two datasets (images and masks are read
 by :mod:`seg.data.io`, re-exported here).
 
-Layout (``root`` is the folder that contains ``VOC2012/``, e.g. ``data/VOCdevkit``)::
+Layout (``root`` is the folder that contains ``VOC2012/``, e.g. ``data/VOCdevkit``, or, for
+your own dataset, the folder that contains ``JPEGImages/`` itself)::
 
     VOC2012/JPEGImages/<id>.jpg
     VOC2012/SegmentationClass/<id>.png      palette PNG: pixel value = class index, 255 = void
     VOC2012/Annotations/<id>.xml            boxes, 1-based pixel coordinates
     VOC2012/ImageSets/{Segmentation,Main}/<split>.txt
+
+The class names and colours are the dataset's (:mod:`seg.data.classes`; VOC's by default).
 
 Dataset: Everingham et al., "The PASCAL Visual Object Classes Challenge"
 (http://host.robots.ox.ac.uk/pascal/VOC/voc2012/).
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from seg.constants import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
+from seg.data.classes import BACKGROUND, flat_palette
 from seg.data.io import check_mask_size, read_image, read_mask, validate_mask
 from seg.errors import BadSampleError, DatasetNotFoundError
 
@@ -67,16 +71,20 @@ def _box(obj: ET.Element, path: Path) -> list[float]:
     return box
 
 
-def parse_annotation(xml_path: str | Path) -> dict[str, Any]:
+def parse_annotation(xml_path: str | Path, classes: Sequence[str] = VOC_CLASSES) -> dict[str, Any]:
     """Parse a VOC ``Annotations/<id>.xml``.
 
     Only the ``<object>`` elements of the annotation are objects: their ``<part>`` children
     (person layout: head, hand, foot, with boxes of their own), ``<actions>`` and ``<point>`` are
     not read, and neither are ``<source>``, ``<owner>`` and ``<segmented>``.
 
+    Args:
+        xml_path: The annotation file.
+        classes: The dataset's class names; a label is the index of the object's ``<name>``.
+
     Returns:
         dict with ``boxes`` float32 (N, 4) xyxy 0-based (inclusive pixel indices), ``labels``
-        int64 (N,) in 1..20, ``difficult``, ``truncated`` and ``occluded`` bool (N,) (absent
+        int64 (N,) (1..20 for VOC), ``difficult``, ``truncated`` and ``occluded`` bool (N,) (absent
         means 0), ``pose`` (N strings, "Unspecified" when absent), ``width``, ``height`` (ints
         from ``<size>``).
 
@@ -97,10 +105,10 @@ def parse_annotation(xml_path: str | Path) -> dict[str, Any]:
     flags: dict[str, list[bool]] = {"difficult": [], "truncated": [], "occluded": []}
     for obj in root.findall("object"):  # direct children only: never a nested element
         name = (obj.findtext("name") or "").strip()
-        if name not in VOC_CLASSES[1:]:
+        if name not in classes or name == BACKGROUND:
             raise BadSampleError(f"{path}: unknown class {name!r}")
         boxes.append(_box(obj, path))  # the object's own <bndbox>, not a part's
-        labels.append(VOC_CLASSES.index(name))
+        labels.append(list(classes).index(name))
         pose.append((obj.findtext("pose") or "Unspecified").strip())
         for key, values in flags.items():
             values.append((obj.findtext(key) or "0").strip() == "1")
@@ -136,17 +144,37 @@ def dataset_not_found(root: str | Path, what: Path, sbd: bool = False) -> Datase
     return DatasetNotFoundError(f"{msg} (missing: {what})")
 
 
+def voc_folder(root: Path) -> Path:
+    """The folder holding ``JPEGImages/``: ``<root>/VOC2012`` (the devkit's layout), or ``root``
+    itself when it has ``JPEGImages/`` and no ``VOC2012/`` (your own dataset, or a root that
+    points at ``VOC2012`` itself)."""
+    if not (root / "VOC2012").is_dir() and (root / "JPEGImages").is_dir():
+        return root
+    return root / "VOC2012"
+
+
 class _VOCBase(Dataset):
-    """Shared plumbing: locate files, read the id list, skip bad samples on request."""
+    """Shared plumbing: locate files, read the id list, skip bad samples on request, and the
+    dataset's classes (names, index = label) and colours (``None``: VOC's)."""
 
     list_dir = "Segmentation"
 
-    def __init__(self, root: str | Path, split: str, transform: Callable | None, skip_bad: bool):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transform: Callable | None,
+        skip_bad: bool,
+        classes: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
+    ):
         self.root = Path(root)
-        self.voc = self.root / "VOC2012"
+        self.voc = voc_folder(self.root)
         self.split = split
         self.transform = transform
         self.skip_bad = skip_bad
+        self.classes = tuple(classes or VOC_CLASSES)
+        self.palette = flat_palette(palette or [])
         self._bad: set[int] = set()
         self.ids = self._read_ids()
 
@@ -195,6 +223,8 @@ class VOCSegmentation(_VOCBase):
         transform: albumentations-style callable ``transform(image=, mask=) -> dict``.
         skip_bad: log and skip bad samples instead of raising BadSampleError.
         mask_dir: ``SegmentationClass`` or ``SegmentationClassAug`` (SBD trainaug layout).
+        classes: Class names (index = label value); VOC's 21 when None.
+        palette: RGB colour per label, for masks saved in colours; VOC's when None.
     """
 
     def __init__(
@@ -204,16 +234,18 @@ class VOCSegmentation(_VOCBase):
         transform: Callable | None = None,
         skip_bad: bool = False,
         mask_dir: str = "SegmentationClass",
+        classes: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
     ):
         self.mask_dir = mask_dir
-        super().__init__(root, split, transform, skip_bad)
+        super().__init__(root, split, transform, skip_bad, classes, palette)
 
     def mask_path(self, image_id: str) -> Path:
         return self.voc / self.mask_dir / f"{image_id}.png"
 
     def read_mask(self, image_id: str) -> np.ndarray:
         """int64 (H, W) mask of ``image_id``; subclasses change the source (SBD ``.mat``)."""
-        return read_mask(self.mask_path(image_id))
+        return read_mask(self.mask_path(image_id), len(self.classes), self.palette)
 
     def load(self, i: int) -> dict[str, Any]:
         image_id = self.ids[i]
@@ -246,6 +278,8 @@ class VOCLocalization(_VOCBase):
         skip_bad: log and skip bad samples instead of raising.
         list_dir: ``"Main"`` (all detection images) or ``"Segmentation"`` (those with masks).
         with_mask: also return the segmentation mask (needs ``SegmentationClass/<id>.png``).
+        classes: Class names; an object's label is the index of its ``<name>`` (VOC's: 1..20).
+        palette: RGB colour per label, for masks saved in colours; VOC's when None.
     """
 
     def __init__(
@@ -257,11 +291,13 @@ class VOCLocalization(_VOCBase):
         skip_bad: bool = False,
         list_dir: str = "Main",
         with_mask: bool = False,
+        classes: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
     ):
         if select not in ("largest", "first"):
             raise ValueError(f"select must be 'largest' or 'first', got {select!r}")
         self.select, self.list_dir, self.with_mask = select, list_dir, with_mask
-        super().__init__(root, split, transform, skip_bad)
+        super().__init__(root, split, transform, skip_bad, classes, palette)
         self._require(self.voc / "Annotations")
 
     def choose(self, ann: dict[str, Any]) -> int:
@@ -276,7 +312,7 @@ class VOCLocalization(_VOCBase):
     def load(self, i: int) -> dict[str, Any]:
         image_id = self.ids[i]
         image = read_image(self.voc / "JPEGImages" / f"{image_id}.jpg")  # (H, W, 3)
-        ann = parse_annotation(self.voc / "Annotations" / f"{image_id}.xml")
+        ann = parse_annotation(self.voc / "Annotations" / f"{image_id}.xml", self.classes)
         k = self.choose(ann)
         label = int(ann["labels"][k])
         h, w = image.shape[:2]
@@ -285,7 +321,7 @@ class VOCLocalization(_VOCBase):
         item = {"image": image, "label": label, "id": image_id}
         if self.with_mask:
             path = self.voc / "SegmentationClass" / f"{image_id}.png"
-            item["mask"] = read_mask(path)  # (H, W)
+            item["mask"] = read_mask(path, len(self.classes), self.palette)  # (H, W)
             check_mask_size(item["mask"], image, path)
         if self.transform is not None:
             box = self._apply(item, box)

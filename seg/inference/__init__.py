@@ -17,7 +17,7 @@ come from the same code. The shape follows mmsegmentation's ``EncoderDecoder``
 - :func:`scores_to_mask` is the one argmax, at the original size.
 """
 
-from seg.inference.boxes import Localization, localize
+from seg.inference.boxes import Localization, box_record, localize
 from seg.inference.config import InferenceConfig
 from seg.inference.masks import (
     image_rows,
@@ -34,6 +34,7 @@ from seg.inference.masks import (
 __all__ = [
     "InferenceConfig",
     "Localization",
+    "box_record",
     "image_rows",
     "localize",
     "normalise",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,3 +47,29 @@ def localize(
         mask = scores_to_mask(probs, (h, w))[0].to(torch.uint8).cpu()
     box = out[BOX].float()[0].clamp(0, 1).cpu()
     return Localization(out[CLS].float().softmax(-1)[0].cpu(), box, mask)
+
+
+def box_record(pred: Localization, size: tuple[int, int], class_names: Sequence[str]) -> dict:
+    """The predicted class and box of one image, in the image's own pixels (as displayed).
+
+    Args:
+        pred: The net's prediction; ``pred.probs`` has one entry per name of ``class_names``.
+        size: The image's (H, W), EXIF orientation applied.
+        class_names: The names of the net's class logits.
+
+    Returns:
+        ``{"class", "class_index", "score", "box_xywh", "box_xyxy"}``; the box is clipped to the
+        image.
+    """
+    h, w = size
+    k = int(pred.probs.argmax())
+    x, y, bw, bh = pred.box.tolist()
+    x1, y1 = min(max(x * w, 0.0), w), min(max(y * h, 0.0), h)
+    x2, y2 = min(max((x + bw) * w, x1), w), min(max((y + bh) * h, y1), h)
+    return {
+        "class": class_names[k],
+        "class_index": k,
+        "score": float(pred.probs[k]),
+        "box_xywh": [x1, y1, x2 - x1, y2 - y1],
+        "box_xyxy": [x1, y1, x2, y2],
+    }

@@ -98,8 +98,13 @@ class BaseModule(L.LightningModule):
         """Loss terms of one batch: ``"loss"`` (the weighted total) and each active term."""
         raise NotImplementedError
 
-    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        """Update ``self.metrics[stage]`` (and log the loss) for one validation / test batch."""
+    def eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, Tensor]:
+        """Update ``self.metrics[stage]`` (and log the loss) for one validation / test batch.
+
+        Returns:
+            The batch's predictions (``"mask"`` (B, H, W) or ``"box"`` (B, 4) and ``"label"``
+            (B,)), which callbacks receive as the step's ``outputs``.
+        """
         raise NotImplementedError
 
     # -- the shared loop ----------------------------------------------------------------------
@@ -125,11 +130,11 @@ class BaseModule(L.LightningModule):
         self.log_terms(terms, "train", batch["image"].shape[0])
         return terms["loss"]
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.eval_step(batch, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return self.eval_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.eval_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return self.eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         self.log_scores("val")

@@ -6,9 +6,10 @@ per-class regression, and ``"out"`` (B, 21, H, W) when it has a segmentation dec
 (multi-task training, ``seg_weight``). Everything else (optimizer, schedule, freezing, logging,
 the stage loop) is :class:`seg.modules.base.BaseModule`.
 
-Batch labels are VOC class indices 1..20. With ``num_classes=20`` (no background logit) the
-module subtracts 1, so logit k is VOC class k + 1; with ``num_classes=21`` labels are used
-as they are and logit 0 (background) is never a target.
+Batch labels are the dataset's class indices (VOC: 1..20, 0 being the background). Logit k is
+label k + ``label_offset``: 1 when label 0 is the background (the net predicts the objects only,
+``conf/module/localization.yaml`` derives it from the data's classes), 0 for a net with a
+background logit that is never a target.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class LocalizationModule(BaseModule):
 
     Args:
         net: Network returning {"cls", "box"[, "box_all", "out"]}.
-        num_classes: K, 20 (object classes) or 21 (with background); see the module doc.
+        num_classes: K, the number of class logits.
+        label_offset: Logit k is label k + label_offset; see the module doc.
         cls_weight: Weight of the classification loss.
         l2_weight: Weight of the Euclidean (squared L2, centre form) box loss.
         smooth_l1_weight: Weight of the smooth-L1 box loss.
@@ -59,6 +61,7 @@ class LocalizationModule(BaseModule):
         self,
         net: nn.Module,
         num_classes: int = 20,
+        label_offset: int = 1,
         cls_weight: float = 1.0,
         l2_weight: float = 0.0,
         smooth_l1_weight: float = 1.0,
@@ -66,11 +69,8 @@ class LocalizationModule(BaseModule):
         seg_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        if num_classes not in (20, 21):
-            raise ConfigError(f"model.num_classes={num_classes} must be 20 or 21 (VOC)")
-        self.num_classes = num_classes
+        self.num_classes, self.label_offset = num_classes, label_offset
         super().__init__(net, **kwargs)
-        self.label_offset = 1 if num_classes == 20 else 0
 
     def make_metric(self) -> LocalizationMetrics:
         return LocalizationMetrics(self.num_classes)
@@ -111,8 +111,9 @@ class LocalizationModule(BaseModule):
         terms["loss"] = sum(weights[k] * v for k, v in terms.items())
         return terms
 
-    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
+    def eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, Tensor]:
         out = self(batch["image"])
         self.log_terms(self.loss(out, batch), stage, batch["image"].shape[0])
         target = batch["label"] - self.label_offset  # (B,)
         self.metrics[stage].update(out[CLS], out[BOX], target, batch["box"], out.get(BOX_ALL))
+        return {"box": out[BOX], "label": out[CLS].argmax(dim=1) + self.label_offset}

@@ -117,10 +117,12 @@ class SegmentationModule(BaseModule):
         terms["loss"] = sum(weights[k] * v for k, v in terms.items())
         return terms
 
-    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
+    def eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, Tensor]:
         image, mask = batch["image"], batch["mask"]  # (B, 3, H, W), (B, H, W)
         probs = predict_probs(self.net, image, self.inference)  # (B, C, H, W)
-        self.metrics[stage].update(scores_to_mask(probs, mask.shape[-2:]), mask)
+        pred = scores_to_mask(probs, mask.shape[-2:])  # (B, H, W)
+        self.metrics[stage].update(pred, mask)
         log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
         nll = F.nll_loss(log_probs, mask, weight=self.class_weights, ignore_index=IGNORE_INDEX)
         self.log_terms({"loss": nll}, stage, image.shape[0])
+        return {"mask": pred}
