@@ -15,6 +15,8 @@ from typing import IO, Any
 
 from omegaconf import DictConfig
 
+from seg.errors import DISK_FULL
+
 
 def output_dir(cfg: DictConfig) -> Path:
     """The run folder: Hydra's, or ``cfg.paths.output_dir`` outside a Hydra app."""
@@ -53,7 +55,7 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
     folder is fsynced after it, so after a crash or kill ``path`` holds either its old or its new
     content, never a mix. The file gets the user's umask like any other new file. On any error
     (or ``KeyboardInterrupt``) the temporary file is removed and ``path`` is untouched; only a
-    ``SIGKILL`` can leave a ``.<name>.*.tmp`` file behind.
+    ``SIGKILL`` can leave a ``.<name>.*.tmp`` file behind. A full disk is reported naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,8 +67,10 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in DISK_FULL and not err.filename:
+            raise OSError(err.errno, err.strerror, str(path)) from err  # name the file
         raise
     with contextlib.suppress(OSError):  # folders cannot be opened on every platform
         dir_fd = os.open(path.parent, os.O_RDONLY)

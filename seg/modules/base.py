@@ -126,10 +126,12 @@ class BaseModule(L.LightningModule):
         return terms["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.eval_step(batch, "val")
+        if batch.get("id") != []:  # []: every sample was bad and dropped (skip_bad)
+            self.eval_step(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.eval_step(batch, "test")
+        if batch.get("id") != []:
+            self.eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         self.log_scores("val")
