@@ -116,7 +116,7 @@ class DiskFullError(SegError, OSError):
     """A write failed for lack of disk space (or quota); whatever was written before is intact."""
 
     exit_code = 1
-    hint = "free some disk space and run the same command again"
+    hint = "free some disk space"
 
 
 class WorkerDiedError(SegError, RuntimeError):
