@@ -86,8 +86,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, datamodule=datamodule, verbose=False)
     if "test" not in module.scores:
         raise DatasetError(
-            f"data.split={data.split}: no image was scored (every sample was skipped as bad, "
-            "or trainer.limit_test_batches=0)"
+            f"data.split={getattr(datamodule, 'split', '?')}: no image was scored (every sample "
+            "was skipped as bad, or trainer.limit_test_batches=0)"
         )
     results, source = module.scores["test"], str(Path(cfg.ckpt).resolve())
     if not localization and not int(results["confmat"].sum()):

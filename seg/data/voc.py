@@ -220,9 +220,9 @@ class _VOCBase(Dataset):
         folder = self.voc / "ImageSets" / self.list_dir
         path = folder / f"{self.split}.txt"
         if not _exists(path) and _exists(folder):
-            names = sorted(
-                p.stem for p in folder.glob("*.txt") if p.stem.split("_")[0] not in VOC_CLASSES
-            )
+            stems = {p.stem for p in folder.glob("*.txt")}
+            per_class = {f"{c}_{s}" for c in VOC_CLASSES for s in stems}  # Main/<cls>_<split>
+            names = sorted(stems - per_class)
             if names:
                 raise DatasetError(
                     f"{path}: no split {self.split!r}; the splits in {folder} are: "
