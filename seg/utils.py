@@ -131,10 +131,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def append_lines(path: Path, records: list[dict[str, Any]]) -> None:
     """Append ``records`` as JSON lines with one ``write`` on an ``O_APPEND`` file, then fsync:
-    lines of concurrent writers never interleave, and a kill never loses a line once written."""
+    lines of concurrent writers never interleave, and a kill never loses a line once written.
+    A line left torn by an earlier kill is ended first, so it cannot swallow the next record."""
     data = "".join(json.dumps(r) + "\n" for r in records).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
         os.write(fd, data)
         os.fsync(fd)
     finally:
