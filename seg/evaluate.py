@@ -35,9 +35,18 @@ log = logging.getLogger(__name__)
 
 def data_config(cfg: DictConfig, ckpt: dict[str, Any]) -> DictConfig:
     """``cfg.data``, or, with ``data=checkpoint``, the checkpoint's data config with the keys
-    that ``cfg.data`` sets (not null) replaced."""
+    that ``cfg.data`` sets (not null) replaced.
+
+    Raises:
+        CheckpointError: ``data=checkpoint`` and the checkpoint holds no data config.
+    """
     if not cfg.data.get("from_checkpoint"):
         return cfg.data
+    if "data" not in ckpt["seg_config"]:
+        raise CheckpointError(
+            f"{cfg.ckpt}: holds no data config to evaluate on; name the data, e.g. data=voc "
+            "data.root=PATH"
+        )
     chosen = {k: v for k, v in cfg.data.items() if v is not None and k != "from_checkpoint"}
     return OmegaConf.merge(OmegaConf.create(ckpt["seg_config"]["data"]), chosen)
 

@@ -12,6 +12,7 @@ with a 1x1-convolution checkpoint on a tiny VOC-layout folder (``voc_root`` of
 | every sample bad, `skip_bad=true` | exit 2, `error: data.split=val: no image was scored (...)` | `test_nothing_scored_is_one_line` |
 | 5-class checkpoint, 21-label data | exit 2 before any image: `the model predicts 5 classes, but the data at data.root=... has 21 labels` | `test_class_count_mismatch_is_refused_before_scoring[module]` |
 | net logits disagree with `model.num_classes` | exit 2: `the net has 5 class logits but its config says model.num_classes=21` | `test_class_count_mismatch_is_refused_before_scoring[net]` |
+| `data=checkpoint` (the default) and a checkpoint without a data config | exit 2, `error: <ckpt>: holds no data config to evaluate on; name the data, e.g. data=voc data.root=PATH` (was `KeyError: 'data'`) | `test_checkpoint_without_data_config_is_one_line` |
 | all-void ground truth | exit 0, a warning line, every metric `null` in `metrics.json` (`fw_IoU` too) | `test_all_void_ground_truth_gives_null_metrics_and_a_warning` |
 | empty split list | exit 2, `error: <list>: the split list is empty (no ids)` (was `KeyError: 'per_class_IoU'`) | `test_unusable_split_lists_are_one_line[empty]` |
 | `data.split=tarin` | exit 2, `... no split 'tarin'; the splits in <folder> are: train, val` (was an offer to download 2 GB) | `test_unusable_split_lists_are_one_line[typo]` |
@@ -38,6 +39,7 @@ import pytest
 import torch
 from conftest import compose
 from test_bad_data import bad_mask, labels, palette_png, voc_root
+from test_reliability_run import quick_cfg
 
 from seg.cli import error_line, run
 from seg.data.voc import VOCSegmentation, read_ids
@@ -148,6 +150,19 @@ def test_class_count_mismatch_is_refused_before_scoring(case, tmp_path, capsys, 
     assert one_line(capsys).startswith(f"error: {ckpt}: {expected[case]}")
 
 
+def test_checkpoint_without_data_config_is_one_line(ckpt, tmp_path, capsys):
+    saved = torch.load(ckpt, weights_only=True)
+    del saved["seg_config"]["data"]
+    torch.save(saved, ckpt)
+    root = voc_root(tmp_path / "data", {"a": palette_png(labels())})
+    assert evaluate_cli(ckpt, root, tmp_path / "eval") == 2
+    assert one_line(capsys) == (
+        f"error: {ckpt}: holds no data config to evaluate on; name the data, e.g. data=voc "
+        "data.root=PATH"
+    )
+    assert evaluate_cli(ckpt, root, tmp_path / "eval", "data=voc") == 0
+
+
 def test_all_void_ground_truth_gives_null_metrics_and_a_warning(ckpt, tmp_path, caplog):
     void = palette_png(np.full_like(labels(), 255))
     root = voc_root(tmp_path / "data", {"a": void, "b": void})
@@ -211,19 +226,7 @@ def test_split_lists_read_as_written(tmp_path):
 def test_overlapping_train_and_val_lists_are_one_line(tmp_path, capsys):
     root = voc_root(tmp_path / "data", {i: palette_png(labels()) for i in "abv"}, val="v")
     (root / "VOC2012/ImageSets/Segmentation/val.txt").write_text("v\na\n")
-    cfg = compose(
-        "train",
-        "model=unet_mobilenetv2",
-        "augment=sample",
-        "augment.crop_size=32",
-        f"data.root={root}",
-        "data.num_workers=0",
-        "trainer.fast_dev_run=true",
-        "trainer.accelerator=cpu",
-        "logger=none",
-        "callbacks=none",
-        f"paths.output_dir={tmp_path / 'run'}",
-    )
+    cfg = quick_cfg(tmp_path / "run", root)
     with pytest.raises(SystemExit) as exit_:
         run(train, cfg)
     assert exit_.value.code == 2

@@ -36,6 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from PIL import Image
 from test_bad_input import colour_ckpt  # noqa: F401
+from test_resume import quick_cfg as resume_cfg
 
 from seg import evaluate as evaluate_mod
 from seg import export as export_mod
@@ -49,24 +50,11 @@ from seg.utils import atomic_open, write_run_config
 
 
 def quick_cfg(run_dir: Path, sample_root: Path, *extra: str):
-    """Two training steps and one validation batch of a MobileNetV2 U-Net, 32-px crops."""
-    return compose(
-        "train",
-        "experiment=quickstart",
-        f"paths.output_dir={run_dir}",
-        f"data.root={sample_root}",
-        "data.batch_size=2",
-        "augment.crop_size=32",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.check_val_every_n_epoch=1",
-        "callbacks.progress_bar=null",
-        "callbacks.lr_monitor=null",
-        "logger=none",
-        *extra,
-    )
+    """``test_resume``'s quickstart config cut to two steps of batch 2, 32-px crops, one
+    validation batch."""
+    small = ("data.batch_size=2", "augment.crop_size=32", "trainer.limit_val_batches=1")
+    steps = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=none")
+    return resume_cfg(run_dir, sample_root, *small, *steps, "callbacks.lr_monitor=null", *extra)
 
 
 def exit_and_err(task, cfg, capsys) -> tuple[int, list[str]]:
