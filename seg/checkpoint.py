@@ -39,6 +39,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def check_resume(path: str | Path, module: nn.Module) -> None:
+    """Check that ``train.py ckpt_path=`` can resume ``module`` before anything is written.
+
+    Raises:
+        CheckpointError: The file is missing, a folder, truncated, refused, a plain state dict
+            or a bare-weights file rather than a training checkpoint, or the weights of another
+            model.
+    """
+    if str(path) in ("last", "best", "hpc", "registry") or "://" in str(path):
+        return  # Lightning's own names and remote files: Lightning finds and reads them
+    ckpt = torch_load(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
+        raise CheckpointError(
+            f"ckpt_path={path}: not a training checkpoint (a plain state dict or a weights-only "
+            "file has no optimizer or loop state to resume); resume from a run's "
+            "checkpoints/last.ckpt"
+        )
+    load_strict(module, ckpt["state_dict"], source=f"ckpt_path={path}", ignore=())
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O that writes atomically and reads data only.
 
@@ -92,10 +112,13 @@ def build_net(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> nn.Mod
     downloads disabled) and loaded strictly from the ``net.*`` entries of the state dict.
 
     Raises:
-        CheckpointError: The weights do not fit the network its config describes.
+        CheckpointError: The config cannot build a network, or the weights do not fit it.
     """
-    net_cfg = _without_pretrained(ckpt["seg_config"]["model"]["net"])
-    net: nn.Module = instantiate(net_cfg)
+    try:
+        net: nn.Module = instantiate(_without_pretrained(ckpt["seg_config"]["model"]["net"]))
+    except Exception as err:  # Hydra wraps the constructor's error in several lines
+        text = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{source}: its config cannot build the network ({text})") from err
     prefix = "net."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     load_strict(net, state, source=str(source), ignore=())

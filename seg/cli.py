@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from seg.errors import SegError
+from seg.errors import SegError, as_seg_error
 
 #: Exit status after each signal: 128 + the signal number, as shells report a killed process.
 EXIT_CODES = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
@@ -61,9 +61,12 @@ def run(task: Callable[[Any], Any], cfg: Any, validate: bool = True) -> Any:
         if validate:
             validate_config(cfg)
         result = task(cfg)
-    except SegError as err:
-        print(f"error: {error_line(err)}", file=sys.stderr)
-        sys.exit(err.exit_code)
+    except (SegError, OSError, RuntimeError) as err:
+        failure = as_seg_error(err)
+        if failure is None:
+            raise
+        print(f"error: {error_line(failure)}", file=sys.stderr)
+        sys.exit(failure.exit_code)
     except KeyboardInterrupt:
         sys.exit(EXIT_CODES[signal.SIGINT])
     except SystemExit as stop:

@@ -56,8 +56,17 @@ class PretrainedWeightsNotFoundError(SegError, FileNotFoundError):
     exit_code = 2
 
 
+class DatasetError(SegError, ValueError):
+    """The dataset is there but unusable as a whole: an empty or malformed split list, a split
+    that does not exist, overlapping training and evaluation lists, an unreadable folder, or a
+    class count that differs from the model's. Nothing ran."""
+
+    exit_code = 2
+
+
 class InputError(SegError, FileNotFoundError):
-    """An input or output path given on the command line cannot be used (``predict.py input=``)."""
+    """An input or output path given on the command line cannot be used (``predict.py input=``,
+    ``output=``; ``seg.export output=``)."""
 
     exit_code = 2
 
@@ -101,3 +110,39 @@ class UnsafeArchiveError(SegError, ValueError):
     """An archive member could write outside the destination or is a special file."""
 
     exit_code = 1
+
+
+class DiskFullError(SegError, OSError):
+    """A write failed for lack of disk space (or quota); whatever was written before is intact."""
+
+    exit_code = 1
+    hint = "free some disk space"
+
+
+class WorkerDiedError(SegError, RuntimeError):
+    """A DataLoader worker process died (killed by the out-of-memory killer, or a crash)."""
+
+    exit_code = 1
+    hint = "often out of memory: fewer data.num_workers or a smaller data.batch_size help"
+
+
+#: errno values of a full disk or an exhausted quota.
+DISK_FULL = (28, 122)  # ENOSPC, EDQUOT (Linux)
+
+
+def as_seg_error(err: BaseException) -> SegError | None:
+    """The :class:`SegError` that a foreign exception really is, or None.
+
+    A full disk (``OSError`` ENOSPC / EDQUOT, wherever it is raised) and a dead DataLoader worker
+    (PyTorch's ``RuntimeError: DataLoader worker (pid ...) is killed by signal``) are failures a
+    user can act on; they deserve one line, not a traceback.
+    """
+    if isinstance(err, SegError):
+        return err
+    if isinstance(err, OSError) and err.errno in DISK_FULL:
+        where = f"{err.filename}: " if err.filename else ""
+        return DiskFullError(f"{where}{err.strerror or 'No space left on device'}")
+    text = " ".join(str(err).split())
+    if isinstance(err, RuntimeError) and text.startswith("DataLoader worker (pid"):
+        return WorkerDiedError(text.split(". ")[0].rstrip("."))
+    return None

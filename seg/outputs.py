@@ -3,16 +3,15 @@
 Every file is written atomically (temporary file, then rename), so an interrupted run never
 leaves a half-written PNG behind. Boxes go to ``boxes.jsonl`` one line per image as each image
 finishes (appended and fsynced, so a kill loses nothing finished and two runs into one folder
-both keep theirs), and ``boxes.json`` is rebuilt from it, streaming, when the run closes.
+both keep theirs), and ``boxes.json`` is rebuilt from it, streaming, when the run closes. What
+was written for which input is recorded in the manifest (:mod:`seg.manifest`), the same way.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import logging
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from seg.constants import VOC_CLASSES, VOC_PALETTE
-from seg.utils import atomic_open, atomic_write_bytes
-
-log = logging.getLogger(__name__)
+from seg.manifest import NAME as MANIFEST
+from seg.manifest import Manifest, Source
+from seg.utils import append_lines, atomic_open, atomic_write_bytes, read_lines
 
 BOX_COLOUR = (255, 32, 32)
 
@@ -92,8 +91,10 @@ def overlay(
 
 
 class PredictionWriter:
-    """Writes the outputs of one image: ``<stem>.png`` (VOC palette), ``<stem>_index.png`` (plain
-    8-bit class indices), ``<stem>_overlay.jpg``, and its line of ``boxes.jsonl``.
+    """Writes the outputs of one image under its stem, a path relative to ``out`` that mirrors
+    the input tree: ``<stem>.png`` (VOC palette), ``<stem>_index.png`` (plain 8-bit class
+    indices), ``<stem>_overlay.jpg``, its line of ``boxes.jsonl``, and last its record in the
+    manifest (:mod:`seg.manifest`), which decides what a re-run skips.
 
     Args:
         out: Output folder.
@@ -105,6 +106,8 @@ class PredictionWriter:
     """
 
     JSONL, JSON = "boxes.jsonl", "boxes.json"
+    #: Save option -> the suffix its file adds to the stem.
+    SUFFIXES = {"mask": ".png", "index": "_index.png", "overlay": "_overlay.jpg"}
 
     def __init__(
         self,
@@ -117,22 +120,24 @@ class PredictionWriter:
     ) -> None:
         self.out, self.save, self.masks, self.boxes = out, save, masks, boxes
         self.class_names, self.palette = class_names, palette
-        self.boxed = {record["stem"] for record in self._records()} if boxes else set()
+        self.manifest = Manifest(out, self.SUFFIXES.values())
 
-    def _paths(self, stem: str) -> list[Path]:
-        paths = []
-        if self.masks and self.save.get("mask", True):
-            paths.append(self.out / f"{stem}.png")
-        if self.masks and self.save.get("index", False):
-            paths.append(self.out / f"{stem}_index.png")
-        if self.save.get("overlay", False):
-            paths.append(self.out / f"{stem}_overlay.jpg")
-        return paths
+    @classmethod
+    def own_files(cls, out: Path) -> set[Path]:
+        """Resolved paths of every file predict wrote into ``out``: never inputs."""
+        manifest = Manifest(out, cls.SUFFIXES.values())
+        folder = out.resolve()
+        return {*manifest.own_files(), *(folder / n for n in (cls.JSONL, cls.JSON, MANIFEST))}
 
-    def done(self, stem: str) -> bool:
-        """Whether every output of ``stem`` exists already."""
-        boxed = not self.boxes or stem in self.boxed
-        return boxed and all(p.exists() for p in self._paths(stem))
+    def names(self, stem: str) -> list[str]:
+        """The files this run writes for ``stem``, relative to ``out``."""
+        kinds = [k for k in ("mask", "index") if self.masks and self.save.get(k, k == "mask")]
+        kinds += ["overlay"] if self.save.get("overlay", False) else []
+        return [f"{stem}{self.SUFFIXES[k]}" for k in kinds]
+
+    def done(self, source: Source, stem: str) -> bool:
+        """Whether ``source`` was predicted as it is now into every output this run asks for."""
+        return self.manifest.is_done(source, stem, self.names(stem))
 
     def write(
         self,
@@ -140,6 +145,7 @@ class PredictionWriter:
         image: np.ndarray,
         mask: np.ndarray | None = None,
         box: dict[str, Any] | None = None,
+        source: Source | None = None,
     ) -> None:
         m = None if mask is None else np.asarray(mask, dtype=np.uint8)  # (H, W)
         if m is not None and self.save.get("mask", True):
@@ -150,39 +156,20 @@ class PredictionWriter:
             image_overlay = overlay(image, m, box, self.class_names, self.palette)
             atomic_write_bytes(self.out / f"{stem}_overlay.jpg", encode_jpeg(image_overlay))
         if box is not None:
-            self._append({"stem": stem, **box})
-            self.boxed.add(stem)
-
-    def _append(self, record: dict[str, Any]) -> None:
-        """One line, one ``write`` on an ``O_APPEND`` file, then fsync: lines never interleave."""
-        line = (json.dumps(record) + "\n").encode()
-        fd = os.open(self.out / self.JSONL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _records(self) -> Iterator[dict[str, Any]]:
-        """The records of ``boxes.jsonl``, later lines of a stem winning; a torn line is skipped."""
-        path = self.out / self.JSONL
-        if not path.exists():
-            return
-        with path.open() as f:
-            for number, line in enumerate(f, 1):
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    log.warning("%s:%d: unreadable line skipped", path, number)
+            append_lines(self.out / self.JSONL, [{"stem": stem, **box}])
+        if source is not None:
+            self.manifest.done(source, stem, self.names(stem))
 
     def close(self) -> None:
-        """Rebuild ``boxes.json`` (stem -> record) from ``boxes.jsonl``, streaming it."""
-        if not self.boxes or not (self.out / self.JSONL).exists():
+        """Rebuild ``boxes.json`` (stem -> record) from ``boxes.jsonl``, streaming it; later lines
+        of a stem win, and a torn or foreign line is skipped."""
+        jsonl = self.out / self.JSONL
+        if not self.boxes or not jsonl.exists():
             return
-        latest = {r["stem"]: i for i, r in enumerate(self._records())}  # stem -> last line
+        latest = {r["stem"]: i for i, r in enumerate(read_lines(jsonl, "stem"))}
         with atomic_open(self.out / self.JSON) as f:
             f.write(b"{")
-            for i, record in enumerate(self._records()):
+            for i, record in enumerate(read_lines(jsonl, "stem")):
                 if latest.get(record["stem"]) != i:
                     continue
                 stem = record.pop("stem")

@@ -3,11 +3,18 @@
 Writes ``<stem>.png`` palette masks at each image's original resolution and EXIF orientation
 (readable back as class indices), optional overlays and raw index masks; localization models
 write one box per image (class, score, pixel box) into ``boxes.jsonl`` as each image finishes
-and ``boxes.json`` at the end, and masks too when their net has a mask decoder. Writes are
-atomic; a re-run skips finished images; SIGTERM still writes ``boxes.json`` (exit 143). A file that fails
-(unreadable, inference or write error) is reported as one line naming it and the batch goes on;
-the closing summary counts the failures and the exit status is 1. Images whose longer side
-exceeds ``inference.slide_above`` are predicted band by band (:func:`seg.inference.predict_mask_banded`),
+and ``boxes.json`` at the end, and masks too when their net has a mask decoder.
+
+Never destroys or drops a file: the output folder mirrors the input tree (``recursive=true``
+walks subfolders; a ``**`` glob does too), every input gets its own output name, decided before
+any work (an input whose name is taken, by another input, ``cat.jpg`` and ``cat.png``, or by a
+file predict did not write, gets ``cat_png``), and predict's own outputs are never taken as
+inputs. Writes are atomic; what was written for which input is recorded in
+``predict_manifest.jsonl`` (:mod:`seg.manifest`), and a re-run skips exactly the inputs recorded
+there unchanged; SIGTERM still writes ``boxes.json`` (exit 143). A file that fails (unreadable,
+inference or write error) is reported as one line naming it and the batch goes on; the closing
+summary counts the failures and the exit status is 1. Images whose longer side exceeds
+``inference.slide_above`` are predicted band by band (:func:`seg.inference.predict_mask_banded`),
 so a 10000 x 8000 photo peaks at about 2 GB RSS, not the 6.7 GB of its full-size logits alone.
 """
 
@@ -27,6 +34,7 @@ from seg.api import Model
 from seg.data.io import read_image
 from seg.errors import BadSampleError, InputError
 from seg.inference import InferenceConfig
+from seg.manifest import Source
 from seg.outputs import PredictionWriter
 from seg.utils import sigterm_exits
 
@@ -43,13 +51,46 @@ class Summary:
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    left_out: int = 0  # predict's own outputs, or files under the output folder
+    renamed: int = 0  # inputs whose output name was taken, so they got another one
 
 
-def list_inputs(spec: str) -> tuple[list[Path], list[Path]]:
-    """Resolve ``input=``: a file, a folder (its image files, sorted) or a glob.
+@dataclass
+class Inputs:
+    """What ``input=`` lists (:func:`list_inputs`)."""
 
-    Returns:
-        (images, ignored): files to predict, and folder entries skipped as not images.
+    images: list[Path]  # image files to predict, each once
+    base: Path  # the folder whose tree the output folder mirrors
+    ignored: list[Path] = field(default_factory=list)  # not image files
+    left_out: list[Path] = field(default_factory=list)  # outputs of predict: never inputs
+
+
+def _glob_base(spec: str) -> Path:
+    """The folder part of a glob before its first wildcard (``photos`` for ``photos/**/*.jpg``)."""
+    fixed = []
+    for part in Path(spec).parts:
+        if re.search(r"[*?[]", part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def list_inputs(
+    spec: str,
+    recursive: bool = False,
+    output: Path | None = None,
+    own: frozenset[Path] = frozenset(),
+) -> Inputs:
+    """Resolve ``input=``: a file, a folder (its image files, sorted; with ``recursive``, those of
+    its subfolders too) or a glob (``**`` reaches into subfolders).
+
+    Args:
+        spec: The ``input`` value.
+        recursive: Walk the subfolders of a folder.
+        output: The output folder: when it lies inside the input folder, nothing under it is an
+            input.
+        own: Resolved paths of the files predict wrote (:meth:`PredictionWriter.own_files`):
+            never inputs.
 
     Raises:
         InputError: Nothing matches ``spec``, or no match is an image file (an empty folder,
@@ -57,27 +98,66 @@ def list_inputs(spec: str) -> tuple[list[Path], list[Path]]:
     """
     path = Path(spec)
     if path.is_file():
-        return [path], []
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file())
+        files, base = [path], path.parent
+    elif path.is_dir():
+        walk = path.rglob("*") if recursive else path.iterdir()
+        files, base = sorted(p for p in walk if p.is_file()), path
     else:
         files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        base = _glob_base(spec)
         if not files:
             raise InputError(f"input={spec}: no such file, folder or matching glob")
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    ignored = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    out = output.resolve() if output is not None else None
+    below = out is not None and out != base.resolve()  # an output folder inside the input tree
+    kept, left_out, seen = [], [], set()
+    for p in files:
+        real = p.resolve()
+        if real in own or (below and real.is_relative_to(out)):
+            left_out.append(p)
+        elif real not in seen:  # two names (links) of one file: predicted once
+            seen.add(real)
+            kept.append(p)
+    images = [p for p in kept if p.suffix.lower() in IMAGE_SUFFIXES]
+    ignored = [p for p in kept if p.suffix.lower() not in IMAGE_SUFFIXES]
     if not images:
+        own_note = f", {len(left_out)} outputs of predict left out" if left_out else ""
         raise InputError(
-            f"input={spec}: no image files to predict ({len(ignored)} other files ignored; "
-            f"image suffixes: {' '.join(sorted(IMAGE_SUFFIXES))})"
+            f"input={spec}: no image files to predict ({len(ignored)} other files ignored"
+            f"{own_note}; image suffixes: {' '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    return images, ignored
+    return Inputs(images, base, ignored, left_out)
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a file or folder name that cannot leave its folder ('' when nothing is left)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".")
 
 
 def safe_stem(path: Path) -> str:
     """An output file stem derived from ``path`` that cannot leave the output folder."""
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip(".")
-    return stem or "image"
+    return safe_name(path.stem) or "image"
+
+
+def output_stem(path: Path, base: Path) -> str:
+    """The output stem of an input: its path under ``base`` (the tree mirrored under
+    ``output``), each part made safe, without suffix: ``base/a b/cat.jpg`` -> ``a_b/cat``."""
+    rel = path.relative_to(base) if path.is_relative_to(base) else Path(path.name)
+    return "/".join([*(safe_name(d) or "_" for d in rel.parent.parts), safe_stem(rel)])
+
+
+def check_output(output: Path) -> None:
+    """Refuse an ``output=`` that cannot be a folder, before anything runs.
+
+    Raises:
+        InputError: ``output``, or a path above it, is a file.
+    """
+    for folder in (output, *output.parents):
+        if folder.is_dir():
+            return
+        if folder.exists():
+            raise InputError(
+                f"output={output}: {folder} is a file, not a folder; give a folder for the outputs"
+            )
 
 
 @dataclass
@@ -97,32 +177,57 @@ def predict(cfg: DictConfig) -> int:
 
     Raises:
         CheckpointError: The checkpoint cannot be used.
-        InputError: ``input`` matches nothing, or no image file.
+        InputError: ``input`` matches nothing, or no image file; ``output`` is a file.
     """
-    images, ignored = list_inputs(str(cfg.input))
-    model = Model(cfg.ckpt, InferenceConfig.from_config(cfg))
     out = Path(cfg.output)
+    check_output(out)
+    own = frozenset(PredictionWriter.own_files(out))
+    inputs = list_inputs(str(cfg.input), bool(cfg.get("recursive", False)), out, own)
+    model = Model(cfg.ckpt, InferenceConfig.from_config(cfg))
     out.mkdir(parents=True, exist_ok=True)
     boxes = model.logit_names is not None
     writer = PredictionWriter(
         out, cfg.save, model.predicts_masks, boxes, model.classes, model.palette
     )
     run = Predictor(model, writer, overwrite=bool(cfg.overwrite))
-    summary = Summary(ignored=[str(p) for p in ignored])
+    summary = Summary(ignored=[str(p) for p in inputs.ignored], left_out=len(inputs.left_out))
+    stems = assign_stems(inputs, run.writer, summary)
     try:
         with sigterm_exits():  # SIGTERM -> SystemExit(143): the finally below still runs
-            for path in track(images, description="Predicting", disable=not sys.stderr.isatty()):
-                predict_one(path, run, summary)
+            progress = track(inputs.images, "Predicting", disable=not sys.stderr.isatty())
+            for path, stem in zip(progress, stems, strict=True):
+                predict_one(path, run, summary, stem)
     finally:
         run.writer.close()
     for line in summary.failed:
         print(f"failed: {line}", file=sys.stderr)
     print(
         f"{summary.written} written, {summary.skipped} already done, "
-        f"{len(summary.failed)} failed, {len(summary.ignored)} non-image files ignored "
-        f"-> {cfg.output}"
+        f"{len(summary.failed)} failed, {len(summary.ignored)} non-image files ignored"
+        + (f", {summary.left_out} outputs of predict left out" if summary.left_out else "")
+        + (f", {summary.renamed} renamed" if summary.renamed else "")
+        + f" -> {cfg.output}"
     )
     return 1 if summary.failed else 0
+
+
+def assign_stems(inputs: Inputs, writer: PredictionWriter, summary: Summary) -> list[str]:
+    """Every input's own output stem, decided and claimed before any work
+    (:meth:`seg.manifest.Manifest.assign`): its mirrored path or, when another input or a file
+    that predict did not write has that name, a new one (``cat.png`` -> ``cat_png``), logged
+    when it is first taken."""
+    wanted = [
+        (str(p.resolve()), output_stem(p, inputs.base), p.suffix.lower().lstrip("."))
+        for p in inputs.images
+    ]
+    before = dict(writer.manifest.stem_of)
+    assigned = writer.manifest.assign(wanted)
+    stems = [assigned[source] for source, _, _ in wanted]
+    for path, (source, preferred, _), stem in zip(inputs.images, wanted, stems, strict=True):
+        if stem != preferred and before.get(source) != stem:  # said once, when first taken
+            summary.renamed += 1
+            log.warning("%s: the name %s is taken, writing %s instead", path, preferred, stem)
+    return stems
 
 
 def failure_line(path: Path, err: BaseException) -> str:
@@ -133,24 +238,27 @@ def failure_line(path: Path, err: BaseException) -> str:
     return text if text.startswith(str(path)) else f"{path}: {text}"
 
 
-def predict_one(path: Path, run: Predictor, summary: Summary) -> None:
-    """Predict one image into ``run.writer``, recording the outcome in ``summary``.
+def predict_one(path: Path, run: Predictor, summary: Summary, stem: str | None = None) -> None:
+    """Predict one image into ``run.writer`` under ``stem`` (default: its safe file stem),
+    recording the outcome in ``summary``.
 
     Any error (unreadable file, inference failure, write failure) is recorded as one line
     naming the file; it never stops the batch.
     """
-    stem = safe_stem(path)
-    if not run.overwrite and run.writer.done(stem):
-        summary.skipped += 1
-        return
+    stem = stem or safe_stem(path)
     try:
+        source = Source.of(path)  # size and mtime before reading: what the manifest records
+        if not run.overwrite and run.writer.done(source, stem):
+            summary.skipped += 1
+            return
         image = read_image(path)  # (H, W, 3) uint8, upright
         result = run.model.predict(image)  # mask (H, W), or a box record (+ "mask")
         if isinstance(result, dict):
             mask = result.pop("mask", None)
-            run.writer.write(stem, image, mask, {"file": str(path), **result})
+            box = {"file": str(path), **result}
+            run.writer.write(stem, image, mask, box, source=source)
         else:
-            run.writer.write(stem, image, result)
+            run.writer.write(stem, image, result, source=source)
     except Exception as err:  # noqa: BLE001  (one bad file never stops the batch)
         summary.failed.append(failure_line(path, err))
         log.error("%s", summary.failed[-1])

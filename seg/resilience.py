@@ -15,18 +15,22 @@ restarts its epoch on a fresh data loader, and RNG states are not saved. So:
   that resumes the run in the same folder is printed. A resumed run repeats the interrupted
   epoch from its start and, in deterministic mode, ends with exactly the metrics of an
   uninterrupted run. After a normal end ``epoch_start.ckpt`` is removed.
+- A full disk or a dead DataLoader worker keeps it the same way; the one-line error
+  (:func:`resumable_failures`) ends with the command that resumes the run.
 
 :func:`seg.cli.run` gives the process the conventional exit status 130 / 143 afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import re
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +40,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from seg.errors import NonFiniteLossError
+from seg.errors import DiskFullError, NonFiniteLossError, WorkerDiedError, as_seg_error
 
 log = logging.getLogger(__name__)
+
+#: Failures after which the run can go on from the start of its epoch.
+RESUMABLE = (DiskFullError, WorkerDiedError)
 
 
 def epoch_seeds(seed: int, epoch: int, rank: int) -> tuple[int, int]:
@@ -115,6 +122,7 @@ class ResumableTraining(L.Callback):
         self._first_epoch = True
         self._saving = False
         self._saved_epoch: int | None = None  # epoch whose start is in EPOCH_START
+        self.resume: str | None = None  # the resume command, after a failure it outlives
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._first_epoch = True
@@ -149,25 +157,50 @@ class ResumableTraining(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
+        if not trainer.is_global_zero:
             return
-        if trainer.is_global_zero:
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException):
             name = "SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
             print(self._report(trainer, name), file=sys.stderr, flush=True)
+        elif isinstance(as_seg_error(exception), RESUMABLE) and self._keep() is not None:
+            self.resume = resume_command(self.dirpath / self.INTERRUPTED)
 
-    def _report(self, trainer: L.Trainer, name: str) -> str:
-        """Move ``epoch_start.ckpt`` to ``interrupted.ckpt``; say how to resume."""
-        where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+    def _keep(self) -> Path | None:
+        """Move ``epoch_start.ckpt`` to ``interrupted.ckpt``; None when there is none."""
         start = self.dirpath / self.EPOCH_START
         if self._saved_epoch is None or not start.is_file():
-            return f"Interrupted by {name} ({where}) before the first epoch started: no checkpoint."
+            return None
         target = self.dirpath / self.INTERRUPTED
         os.replace(start, target)
+        return target
+
+    def _report(self, trainer: L.Trainer, name: str) -> str:
+        """Keep the epoch's start as ``interrupted.ckpt``; say how to resume."""
+        where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        target = self._keep()
+        if target is None:
+            return f"Interrupted by {name} ({where}) before the first epoch started: no checkpoint."
         return (
             f"Interrupted by {name} ({where}). Saved {target}: the state at the start of epoch "
             f"{self._saved_epoch}, which a resumed run repeats. Resume with:\n"
             f"  {resume_command(target)}"
         )
+
+
+@contextlib.contextmanager
+def resumable_failures(callbacks: list[Any]) -> Iterator[None]:
+    """Turn a full disk or a dead DataLoader worker during ``fit`` into its one-line error,
+    with the command that resumes the run from ``interrupted.ckpt`` (kept by
+    :class:`ResumableTraining`) as its hint."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        failure = as_seg_error(err)
+        keeper = [c for c in callbacks if isinstance(c, ResumableTraining) and c.resume]
+        if not isinstance(failure, RESUMABLE) or not keeper:
+            raise
+        failure.hint = f"{failure.hint}; then resume with: {keeper[0].resume}"
+        raise failure from err
 
 
 def as_epoch_boundary(checkpoint: dict[str, Any]) -> None:

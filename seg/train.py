@@ -15,7 +15,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from seg.callbacks import StoreConfig
-from seg.utils import instantiate_all, nan_to_none, output_dir, write_json
+from seg.checkpoint import check_resume
+from seg.resilience import resumable_failures
+from seg.utils import instantiate_all, nan_to_none, output_dir, write_json, write_run_config
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +39,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     out = output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
-
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
+    if cfg.get("ckpt_path"):
+        check_resume(cfg.ckpt_path, module)  # a failed resume writes nothing into the run folder
+    write_run_config(cfg, out)
+
     callbacks = [*instantiate_all(cfg.get("callbacks")), StoreConfig(resolved)]
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with resumable_failures(callbacks):  # a full disk, a dead worker: the resume command
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.interrupted:
         log.warning("Training was interrupted; not validating.")
         return {}

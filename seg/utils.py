@@ -1,11 +1,13 @@
 """Small helpers shared by every stage: the run folder, building objects from configs, and the one
-atomic writer (checkpoints, masks, overlays and JSON reports all go through :func:`atomic_open`).
+atomic writer (checkpoints, masks, overlays and JSON reports all go through :func:`atomic_open`),
+and the one appender of JSON-lines records (``boxes.jsonl``, ``predict_manifest.jsonl``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import uuid
@@ -15,6 +17,10 @@ from typing import IO, Any
 
 from omegaconf import DictConfig
 
+from seg.errors import DISK_FULL
+
+log = logging.getLogger(__name__)
+
 
 def output_dir(cfg: DictConfig) -> Path:
     """The run folder: Hydra's, or ``cfg.paths.output_dir`` outside a Hydra app."""
@@ -23,6 +29,31 @@ def output_dir(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(cfg.paths.output_dir)
+
+
+def write_run_config(cfg: DictConfig, out: Path) -> None:
+    """Write the run folder's config files: ``config_resolved.yaml`` and, in a Hydra app, the
+    ``.hydra/{config,hydra,overrides}.yaml`` that Hydra itself would have written at start.
+
+    ``train.py`` turns Hydra's own writing off (``hydra.output_subdir: null``) and calls this
+    once a resumed checkpoint is known to load, so a failed resume never overwrites the config
+    files of the run folder it was pointed at.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
+    atomic_write_bytes(out / "config_resolved.yaml", resolved.encode())
+    if not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    files = {
+        "config.yaml": cfg,
+        "hydra.yaml": {"hydra": hydra},
+        "overrides.yaml": hydra.overrides.task,
+    }
+    for name, node in files.items():
+        atomic_write_bytes(out / ".hydra" / name, OmegaConf.to_yaml(node).encode())
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -46,40 +77,89 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
-    """Open a temporary file next to ``path`` for writing; on success it replaces ``path``.
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` to write to; on success it replaces ``path``.
 
-    The data is flushed and fsynced before ``os.replace`` (atomic on POSIX and Windows), and the
-    folder is fsynced after it, so after a crash or kill ``path`` holds either its old or its new
-    content, never a mix. The file gets the user's umask like any other new file. On any error
-    (or ``KeyboardInterrupt``) the temporary file is removed and ``path`` is untouched; only a
-    ``SIGKILL`` can leave a ``.<name>.*.tmp`` file behind.
+    The file is fsynced before ``os.replace`` (atomic on POSIX and Windows), and the folder is
+    fsynced after it, so after a crash or kill ``path`` holds either its old or its new content,
+    never a mix. On any error (or ``KeyboardInterrupt``) the temporary file is removed and
+    ``path`` is untouched; only a ``SIGKILL`` can leave a ``.<name>.*.tmp`` file behind. A full
+    disk is reported naming ``path``. For writers that take a path (exporters); see
+    :func:`atomic_open` for a file object.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
     try:
+        yield tmp
+        _fsync(tmp, os.O_RDONLY)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in DISK_FULL and not err.filename:
+            raise OSError(err.errno, err.strerror, str(path)) from err  # name the file
+        raise
+    with contextlib.suppress(OSError):  # folders cannot be opened on every platform
+        _fsync(path.parent, os.O_RDONLY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
+    """Open a temporary file next to ``path`` for writing; on success it replaces ``path``
+    (:func:`atomic_path`: fsynced, renamed, never half-written). The file gets the user's umask
+    like any other new file."""
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # folders cannot be opened on every platform
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so a reader never sees a half-written file (:func:`atomic_open`)."""
     with atomic_open(path) as f:
         f.write(data)
+
+
+def append_lines(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append ``records`` as JSON lines with one ``write`` on an ``O_APPEND`` file, then fsync:
+    lines of concurrent writers never interleave, and a kill never loses a line once written.
+    A line left torn by an earlier kill is ended first, so it cannot swallow the next record."""
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_lines(path: Path, key: str) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file that carry ``key``; a torn or foreign line is
+    skipped with a warning (a SIGKILL can cut the last line short)."""
+    if not path.is_file():
+        return
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict) and key in record:
+                yield record
+            elif line.strip():
+                log.warning("%s:%d: unreadable line skipped", path, number)
 
 
 def nan_to_none(obj: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from seg.errors import ConfigError
+from seg.inference.config import MODES
 
 Check = Callable[[Any], bool]
 
@@ -76,6 +77,7 @@ RULES: dict[str, tuple[str, Check]] = {
     "trainer.accumulate_grad_batches": ("must be an integer >= 1", _int_at_least(1)),
     "trainer.check_val_every_n_epoch": ("must be an integer >= 1", _int_at_least(1)),
     "trainer.gradient_clip_val": ("must be >= 0", _non_negative),
+    "inference.mode": (f"must be one of: {', '.join(MODES)}", lambda v: v in MODES),
     "inference.crop": ("must be an integer >= 1", _int_at_least(1)),
     "inference.stride": ("must be an integer >= 1", _int_at_least(1)),
     "inference.window_batch": ("must be an integer >= 1", _int_at_least(1)),

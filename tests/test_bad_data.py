@@ -178,6 +178,7 @@ def test_evaluate_stops_on_a_bad_mask_with_one_line(tmp_path, capsys):
     cfg = compose(
         "evaluate",
         f"ckpt={tmp_path / 'c.ckpt'}",
+        "data=voc",  # the checkpoint holds no data config
         f"data.root={root}",
         "data.num_workers=0",
         "trainer.accelerator=cpu",

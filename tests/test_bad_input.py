@@ -208,7 +208,7 @@ def test_batch_never_stops_for_one_bad_file(colour_ckpt, tmp_path, capsys, monke
         str(src / n) for n in ("b.jpg", "c.png", "e.png")
     ]
     assert "cannot decode" in failed[0] and "RuntimeError: out of memory second line" in failed[2]
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "d.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "d.png", "predict_manifest.jsonl"]
     np.testing.assert_array_equal(mask_of(out, "a"), red_mask(quadrants()))
     monkeypatch.setattr(api, "predict_mask", segment)
     assert predict(colour_ckpt, src, out) == 1  # a re-run redoes only what failed

@@ -218,6 +218,20 @@ def test_existing_file_with_wrong_md5_is_replaced(tmp_path, serve):
     res = _resource(payload, [f"{base}/toy.tar"])
     assert download(res, tmp_path / "data", quiet=True).read_bytes() == payload
     assert seen == [("/toy.tar", None)]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["toy.tar"]  # replaced
+
+
+def test_existing_file_with_wrong_md5_is_kept_offline(tmp_path, caplog):
+    """Offline nothing can replace a hand-placed archive: it is renamed, never deleted."""
+    (tmp_path / "data").mkdir()
+    placed = tmp_path / "data" / "toy.tar"
+    placed.write_bytes(b"an older copy")
+    kept = placed.with_name(f"toy.tar.md5-{hashlib.md5(b'an older copy').hexdigest()}")
+    res = _resource(_voc_archive(tmp_path / "good.tar"), [_closed_url()])
+    with pytest.raises(DownloadError) as err:
+        download(res, tmp_path / "data", quiet=True)
+    assert kept.read_bytes() == b"an older copy" and not placed.exists()
+    assert f"(kept as {kept})" in str(err.value) and "kept it as" in caplog.text
 
 
 def test_marker_skips_download_and_extraction(tmp_path):

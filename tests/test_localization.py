@@ -211,6 +211,9 @@ def test_sigterm_keeps_every_finished_box(fixed_box_ckpt: Path, tmp_path: Path) 
     done = [json.loads(line)["stem"] for line in (out / "boxes.jsonl").read_text().splitlines()]
     assert 5 <= len(done) < 400
     assert sorted(json.loads((out / "boxes.json").read_text())) == sorted(done)
+    lines = (out / "predict_manifest.jsonl").read_text().splitlines()
+    recorded = {r["done"] for r in map(json.loads, lines) if "done" in r}
+    assert recorded <= set(done) and len(done) - len(recorded) <= 1  # the one being recorded
 
 
 def test_localization_experiments_use_the_per_class_boxes_of_the_paper() -> None:

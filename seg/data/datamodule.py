@@ -50,9 +50,15 @@ def pad_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     Images (3, H, W) are padded with 0 and masks (H, W) with ``IGNORE_INDEX``, so padding never
     counts in the loss or the metrics. ``id`` stays a list; other keys use ``default_collate``.
 
+    Samples that are None (bad ones an evaluation dataset dropped) are left out; a batch of
+    none is ``{"id": []}``, which the modules skip.
+
     Returns:
         dict with ``image`` (B, 3, Hmax, Wmax), ``mask`` (B, Hmax, Wmax) int64, ``id`` list[str].
     """
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return {"id": []}
     images = [_as_chw(s["image"]) for s in samples]
     hmax = max(x.shape[-2] for x in images)
     wmax = max(x.shape[-1] for x in images)
@@ -183,6 +189,7 @@ class VOCDataModule(L.LightningDataModule):
             )
         if self.data_eval is None:
             self.data_eval = self._build(self.dataset, self.split, self.eval_transform)
+            self.data_eval.drop_bad = True  # skip_bad drops a bad sample, never scores another
         if stage in (None, "fit"):
             train_ids, eval_ids = (getattr(d, "ids", ()) for d in (self.data_train, self.data_eval))
             check_no_leak(train_ids, eval_ids, f"{self.train_split!r} training")

@@ -10,6 +10,8 @@ The VOC tar unpacks to ``<data-dir>/VOCdevkit/VOC2012`` and SBD's ``benchmark.tg
 when its md5 matches. The environment variables ``SEG_VOC_URLS`` and ``SEG_SBD_URLS``
 (whitespace-separated URLs) replace the built-in URL lists, e.g. to use a local mirror. Offline,
 put the archive into ``<data-dir>`` by hand and run the same command: it verifies and unpacks it.
+An archive already there with a wrong md5 is renamed to ``<file>.md5-<its md5>``, and deleted
+only once a download has replaced it.
 """
 
 from __future__ import annotations
@@ -162,6 +164,8 @@ def download(
 ) -> Path:
     """Download ``resource`` into ``data_dir`` unless a file with the right md5 is already there.
 
+    A file there with a wrong md5 is kept as ``<file>.md5-<md5>`` until a download replaces it.
+
     Args:
         resource: What to fetch; its URLs are tried in order.
         data_dir: Folder that receives ``resource.filename`` (created if needed).
@@ -177,21 +181,25 @@ def download(
     data_dir = Path(data_dir).expanduser().absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
     final = data_dir / resource.filename
-    problems = []
+    problems, kept = [], None
     if final.exists():
         actual = md5sum(final)
         if actual == resource.md5:
             log.info("%s is already present and its md5 matches", final)
             return final
-        problems.append(
-            f"the existing {final} had md5 {actual}, expected {resource.md5}, so it was deleted"
-        )
-        final.unlink()
+        kept = final.with_name(f"{final.name}.md5-{actual}")  # never deleted unless replaced
+        os.replace(final, kept)
+        problems.append(f"the existing {final} had md5 {actual}, expected {resource.md5}")
+        log.warning("%s; kept it as %s until a download replaces it", problems[0], kept.name)
     for url in resource.urls:
         problem = _try_url(resource, url, final, timeout, quiet)
         if problem is None:
+            if kept is not None:
+                kept.unlink()
             return final
         problems.append(problem)
+    if kept is not None:
+        problems[0] += f" (kept as {kept})"
     raise DownloadError(_failure_message(resource, data_dir, problems))
 
 

@@ -30,11 +30,12 @@ from seg.data.voc import (
     read_mask,
     validate_mask,
 )
-from seg.errors import BadSampleError
+from seg.errors import BadSampleError, DatasetError
 
 
 def check_no_leak(train_ids: Iterable[str], val_ids: Iterable[str], what: str = "train") -> None:
-    """Raise ValueError if any evaluation id appears in a training list.
+    """Raise :class:`DatasetError` (a ``ValueError``, exit status 2) if any evaluation id
+    appears in a training list.
 
     Args:
         train_ids: ids used for training.
@@ -43,9 +44,10 @@ def check_no_leak(train_ids: Iterable[str], val_ids: Iterable[str], what: str = 
     """
     leaked = sorted(set(train_ids) & set(val_ids))
     if leaked:
-        raise ValueError(
+        raise DatasetError(
             f"{len(leaked)} evaluation ids leak into the {what} list, e.g. "
-            f"{leaked[:5]}; remove them (trainaug = SBD ∪ VOC train − VOC val)"
+            f"{leaked[:5]}; remove them from one of the lists (trainaug = SBD ∪ VOC train − VOC "
+            "val)"
         )
 
 

@@ -15,12 +15,17 @@ Dataset: Everingham et al., "The PASCAL Visual Object Classes Challenge"
 (http://host.robots.ox.ac.uk/pascal/VOC/voc2012/).
 
 Bad samples raise :class:`BadSampleError`. With ``skip_bad=True`` a dataset logs a warning and
-returns the next valid sample instead, so its length (and every sampler built on it) stays fixed.
+returns the next valid sample instead, so its length (and every sampler built on it) stays fixed;
+an evaluation dataset (``drop_bad``) returns None instead, and the batch drops it: a bad sample
+is never scored in place of another. A dataset that is unusable as a whole (a missing or empty
+split list, duplicate ids, an unreadable folder, ``root`` at ``VOC2012`` itself) raises
+:class:`DatasetError` naming the file and what to do, before anything runs.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,7 +38,7 @@ from torch.utils.data import Dataset
 from seg.constants import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
 from seg.data.classes import BACKGROUND, flat_palette
 from seg.data.io import check_mask_size, read_image, read_mask, validate_mask
-from seg.errors import BadSampleError, DatasetNotFoundError
+from seg.errors import BadSampleError, DatasetError, DatasetNotFoundError
 
 __all__ = [
     "IGNORE_INDEX",
@@ -125,9 +130,56 @@ def parse_annotation(xml_path: str | Path, classes: Sequence[str] = VOC_CLASSES)
 
 
 def read_ids(path: str | Path) -> list[str]:
-    """Read an ImageSets list: one id per line (extra columns, as in ``Main/<cls>_train.txt``,
-    are ignored)."""
-    return [ln.split()[0] for ln in Path(path).read_text().splitlines() if ln.strip()]
+    """Read an ImageSets list: one id per line.
+
+    The flag column of ``Main/<cls>_<split>.txt`` (-1, 0 or 1) is ignored; otherwise the whole
+    line, trailing blanks stripped, is the id, so an id with a space names the file the user
+    wrote. A UTF-8 byte-order mark and Windows line ends are accepted.
+
+    Raises:
+        DatasetError: The list cannot be read, is not UTF-8, is empty, or lists an id twice
+            (that image would be scored twice).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read the split list ({err.strerror})") from err
+    ids: list[str] = []
+    first: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        flag = len(fields) == 2 and fields[1] in ("-1", "0", "1")
+        image_id = fields[0] if flag else line.strip()
+        if image_id in first:
+            raise DatasetError(
+                f"{path}:{number}: id {image_id!r} is listed again (first on line "
+                f"{first[image_id]}); each image must be listed once, or it is counted twice"
+            )
+        first[image_id] = number
+        ids.append(image_id)
+    if not ids:
+        raise DatasetError(f"{path}: the split list is empty (no ids)")
+    return ids
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists and, for a folder, can be listed and entered.
+
+    Raises:
+        DatasetError: ``path`` or a folder above it cannot be read (permissions).
+    """
+    try:
+        found = path.exists()
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read ({err.strerror})") from err
+    if found and path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise DatasetError(f"{path}: permission denied (the folder cannot be read)")
+    return found
 
 
 def dataset_not_found(root: str | Path, what: Path, sbd: bool = False) -> DatasetNotFoundError:
@@ -158,6 +210,9 @@ class _VOCBase(Dataset):
     dataset's classes (names, index = label) and colours (``None``: VOC's)."""
 
     list_dir = "Segmentation"
+    #: With ``skip_bad``: return None for a bad sample (evaluation, set by the data module)
+    #: instead of the next valid one (training).
+    drop_bad = False
 
     def __init__(
         self,
@@ -179,32 +234,54 @@ class _VOCBase(Dataset):
         self.ids = self._read_ids()
 
     def _require(self, path: Path, sbd: bool = False) -> Path:
-        if not path.exists():
-            raise dataset_not_found(self.root, path, sbd=sbd)
-        return path
+        if _exists(path):
+            return path
+        if not _exists(self.voc) and _exists(self.root / "JPEGImages"):
+            raise DatasetError(
+                f"data.root={self.root} is the VOC2012 folder itself; set data.root="
+                f"{self.root.parent} (the folder that contains VOC2012/)"
+            )
+        raise dataset_not_found(self.root, path, sbd=sbd)
+
+    def _split_list(self) -> Path:
+        """The split's list; a split name that is not there lists the ones that are."""
+        folder = self.voc / "ImageSets" / self.list_dir
+        path = folder / f"{self.split}.txt"
+        if not _exists(path) and _exists(folder):
+            stems = {p.stem for p in folder.glob("*.txt")}
+            per_class = {f"{c}_{s}" for c in VOC_CLASSES for s in stems}  # Main/<cls>_<split>
+            names = sorted(stems - per_class)
+            if names:
+                raise DatasetError(
+                    f"{path}: no split {self.split!r}; the splits in {folder} are: "
+                    f"{', '.join(names[:20])}"
+                )
+        return self._require(path)
 
     def _read_ids(self) -> list[str]:
         self._require(self.voc / "JPEGImages")
-        return read_ids(self._require(self.voc / "ImageSets" / self.list_dir / f"{self.split}.txt"))
+        return read_ids(self._split_list())
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """Load sample ``index``; with ``skip_bad`` fall through to the next valid one."""
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        """Load sample ``index``; with ``skip_bad`` fall through to the next valid one, or
+        return None when ``drop_bad``."""
         if not -len(self.ids) <= index < len(self.ids):
             raise IndexError(f"index {index} out of range for {len(self.ids)} samples")
         for step in range(len(self.ids)):
             i = (index + step) % len(self.ids)
-            if i in self._bad:
-                continue
-            try:
-                return self.load(i)
-            except BadSampleError as e:
-                if not self.skip_bad:
-                    raise
-                log.warning("skipping bad sample %s: %s", self.ids[i], e)
-                self._bad.add(i)
+            if i not in self._bad:
+                try:
+                    return self.load(i)
+                except BadSampleError as e:
+                    if not self.skip_bad:
+                        raise
+                    log.warning("skipping bad sample %s: %s", self.ids[i], e)
+                    self._bad.add(i)
+            if self.drop_bad:
+                return None  # dropped by the batch: never scored in place of another sample
         raise BadSampleError(f"{self.voc}: every sample of split {self.split!r} is bad")
 
     def load(self, i: int) -> dict[str, Any]:

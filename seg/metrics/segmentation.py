@@ -19,7 +19,8 @@ def metrics_from_confmat(confmat: Tensor) -> dict[str, Tensor]:
     """Derive the VOC segmentation scores from a confusion matrix.
 
     A class absent from both ground truth and prediction has IoU 0/0 = NaN and is left out of
-    the means (it is not counted as 0). A class that is only predicted has IoU 0.
+    the means (it is not counted as 0). A class that is only predicted has IoU 0. With no pixel
+    counted at all (all-void ground truth) every score is NaN (``null`` in ``metrics.json``).
 
     Args:
         confmat: (C, C) counts, rows = ground truth, columns = prediction.
@@ -40,11 +41,12 @@ def metrics_from_confmat(confmat: Tensor) -> dict[str, Tensor]:
     recall = tp / gt  # (C,) NaN where the class is absent from the ground truth
     freq = gt / cm.sum()  # (C,)
     present = gt > 0
+    fw_iou = (freq[present] * iou[present]).sum() if present.any() else cm.new_tensor(torch.nan)
     return {
         "mIoU": iou.nanmean().float(),
         "pixel_accuracy": (tp.sum() / cm.sum()).float(),
         "mean_accuracy": recall.nanmean().float(),
-        "fw_IoU": (freq[present] * iou[present]).sum().float(),
+        "fw_IoU": fw_iou.float(),  # NaN, like every score, when no pixel was counted
         "per_class_IoU": iou.float(),
         "per_class_accuracy": recall.float(),
         "confmat": confmat,

@@ -104,7 +104,9 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant") -> t
         x: (B, C, H, W).
         multiple: Target divisor m, e.g. the net's output stride.
         mode: ``"constant"`` (zeros), ``"reflect"`` or ``"replicate"``. Reflection needs the pad
-            to be smaller than the side; tiny inputs fall back to ``"replicate"``.
+            to be smaller than the side; tiny inputs fall back to ``"replicate"``. Reflection
+            is a gather of computed indices, not ``F.pad``, so that this fallback is part of an
+            exported graph too (ONNX Runtime refuses a reflect pad wider than the side).
 
     Returns:
         (B, C, ceil(H / m) * m, ceil(W / m) * m).
@@ -112,6 +114,13 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant") -> t
     h, w = x.shape[-2], x.shape[-1]
     pad_h = (multiple - h % multiple) % multiple
     pad_w = (multiple - w % multiple) % multiple
-    if mode == "reflect" and (pad_h >= h or pad_w >= w):
-        mode = "replicate"
-    return F.pad(x, [0, pad_w, 0, pad_h], mode=mode)
+    if mode != "reflect":
+        return F.pad(x, [0, pad_w, 0, pad_h], mode=mode)
+    rows = torch.arange(h + pad_h, device=x.device)  # (H',)
+    cols = torch.arange(w + pad_w, device=x.device)  # (W',)
+    reflect_rows = torch.where(rows < h, rows, rows.neg() + 2 * (h - 1))  # < 0: pad >= side
+    reflect_cols = torch.where(cols < w, cols, cols.neg() + 2 * (w - 1))
+    tiny = (reflect_rows.min() < 0) | (reflect_cols.min() < 0)  # either side: replicate both
+    rows = torch.where(tiny, torch.where(rows < h, rows, h - 1), reflect_rows)
+    cols = torch.where(tiny, torch.where(cols < w, cols, w - 1), reflect_cols)
+    return x.index_select(2, rows).index_select(3, cols)  # (B, C, H', W')

@@ -130,11 +130,15 @@ class BaseModule(L.LightningModule):
         self.log_terms(terms, "train", batch["image"].shape[0])
         return terms["loss"]
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return self.eval_step(batch, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor] | None:
+        if batch.get("id") != []:  # []: every sample was bad and dropped (skip_bad)
+            return self.eval_step(batch, "val")
+        return None
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return self.eval_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor] | None:
+        if batch.get("id") != []:
+            return self.eval_step(batch, "test")
+        return None
 
     def on_validation_epoch_end(self) -> None:
         self.log_scores("val")
