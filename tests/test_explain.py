@@ -19,9 +19,10 @@ from hydra.utils import instantiate
 from torch import nn
 
 from seg.checkpoint import build_net, load_checkpoint
+from seg.data.io import read_image
 from seg.explain.cam import grad_cam
 from seg.explain.data import Images, Pixels
-from seg.explain.layers import probe
+from seg.explain.layers import Layer, probe
 from seg.explain.maximize import Ascent, class_scores, maximize
 from seg.explain.patches import seen_cells, stream
 from seg.models.blocks import pad_to_multiple
@@ -33,6 +34,20 @@ def quickstart_net(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module,
     path = fake_checkpoint("unet_mobilenetv2", tmp_path_factory.mktemp("ckpt") / "q.ckpt")
     ckpt = load_checkpoint(path)
     return build_net(ckpt).requires_grad_(False), Pixels(ckpt)
+
+
+def brute_force(net: nn.Module, layer: Layer, pixels: Pixels, paths: list[Path]) -> list:
+    """The layer's activation map (C, h, w) on each image's own cells, all kept in memory."""
+    maps = []
+    module = net.get_submodule(layer.name)
+    handle = module.register_forward_hook(lambda m, a, out: maps.append(out.detach().clone()))
+    with torch.no_grad():
+        for path in paths:
+            image = read_image(path)
+            net(pixels(image))
+            maps[-1] = seen_cells(maps[-1][0], image.shape[:2], layer.stride)
+    handle.remove()
+    return maps
 
 
 def test_top_patches_are_the_channel_maxima_of_a_brute_force_pass(
@@ -47,18 +62,8 @@ def test_top_patches_are_the_channel_maxima_of_a_brute_force_pass(
     stats = stream(net, layers, images, pixels, k)
 
     for layer in layers:
-        peaks, maps = [], []  # brute force: every image's full activation map, kept
-        handle = net.get_submodule(layer.name).register_forward_hook(
-            lambda m, a, out: maps.append(out.detach().clone())
-        )
-        with torch.no_grad():
-            for path in paths:
-                image = np.asarray(__import__("PIL.Image").Image.open(path).convert("RGB"))
-                net(pixels(image))
-                act = seen_cells(maps[-1][0], image.shape[:2], layer.stride)  # (C, h, w)
-                maps[-1] = act
-                peaks.append(act.flatten(1).amax(dim=1))  # (C,)
-        handle.remove()
+        maps = brute_force(net, layer, pixels, paths)  # every image's whole map, kept
+        peaks = [m.flatten(1).amax(dim=1) for m in maps]  # (C,) per image
         peaks = torch.stack(peaks, dim=1)  # (C, images)
         s = stats[layer.name]
         expected = peaks.sort(dim=1, descending=True).values[:, :k]

@@ -77,6 +77,13 @@ class Images:
             if image is not None:
                 yield i, self.paths[i], image
 
+    def first(self, n: int, description: str) -> Iterator[tuple[int, Path, np.ndarray]]:
+        """Like :meth:`each`, over the first ``n`` images that can be read."""
+        for count, item in enumerate(self.each(range(len(self.paths)), description), start=1):
+            yield item
+            if count == n:
+                return
+
     def attempt(self, i: int, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``, or None after recording its failure against image ``i``: one bad
         image never stops a run (as in ``predict.py``)."""
@@ -91,7 +98,7 @@ class Images:
 
     def first_readable(self) -> np.ndarray | None:
         """The first image that can be read, or None."""
-        return next((image for _, _, image in self.each(range(len(self.paths)), "Reading")), None)
+        return next((image for _, _, image in self.first(1, "Reading")), None)
 
 
 class Pixels:

@@ -137,8 +137,7 @@ def _maximize_classes(ctx: Context) -> list[int]:
     if spec != "predicted":
         return class_indices(spec, ctx.names, "maximize.classes")
     found: set[int] = set()
-    count = min(int(ctx.cfg.cam.images), len(ctx.images.paths))
-    for i, _, image in ctx.images.each(range(count), "Predicting classes"):
+    for i, _, image in ctx.images.first(int(ctx.cfg.cam.images), "Predicting classes"):
         got = ctx.images.attempt(i, _predict, ctx, image)
         found |= set(_shown(ctx, got[2], None)) if got is not None else set()
     return sorted(found) or every
@@ -170,10 +169,9 @@ def cam(ctx: Context) -> list[Figure]:
     """``cam/<image>.png``: per image, the Grad-CAM of each predicted (or chosen) class, one
     row per layer of ``cam.layers``."""
     chosen = class_indices(plain(ctx.cfg.cam.classes), ctx.names, "cam.classes")
-    count = min(int(ctx.cfg.cam.images), len(ctx.images.paths))
     layers = [lay.name for lay in ctx.cam_layers]
     figures = []
-    for i, path, image in ctx.images.each(range(count), "Grad-CAM"):
+    for i, path, image in ctx.images.first(int(ctx.cfg.cam.images), "Grad-CAM"):
         with timer() as t:
             made = ctx.images.attempt(i, _cam_one, ctx, image, chosen)
             if made is None:
