@@ -142,11 +142,15 @@ def test_maximisation_lifts_the_class_above_its_start_and_every_other_class(
 def test_maximisation_leaves_the_net_alone_and_takes_every_option(
     quickstart_net: tuple[nn.Module, Pixels],
 ) -> None:
-    net, _ = quickstart_net
+    net, pixels = quickstart_net
     before = {k: v.clone() for k, v in net.state_dict().items()}
     opts = Ascent(size=40, steps=4, jitter=3, blur_every=2, region=[0.25, 0.25, 0.75, 0.75])
-    x, scores = maximize(net, [1], opts)
+    x, scores = maximize(net, [1], opts, pixels.bounds)
     assert x.shape == (1, 3, 40, 40) and torch.isfinite(x).all()
+    low, high = (b.view(1, 3, 1, 1) for b in pixels.bounds)
+    assert (x >= low - 1e-6).all() and (x <= high + 1e-6).all()  # a displayable image
+    rgb = pixels.undo(x[0])
+    assert rgb.shape == (40, 40, 3) and rgb.min() >= 0 and rgb.max() <= 1
     assert scores["start"].shape == scores["end"].shape == (1, 21)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
     assert all(p.grad is None for p in net.parameters())

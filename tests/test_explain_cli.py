@@ -99,6 +99,7 @@ def test_unknown_layer_is_one_line_listing_the_layers(ckpt: Path, tmp_path: Path
     [
         ("what=[filters,nope]", "choose from"),
         ("patches.k=0", "patches.k=0"),
+        ("patches.channels=[0,99]", "has only 8 channels"),
         ("maximize.region=[0.5,0,0.2,1]", "maximize.region"),
         ("maximize.classes=[unicorn]", "unknown class"),
         ("cam.layers=[head.nope]", "cam.layers"),

@@ -52,10 +52,10 @@ def filters(ctx: Context) -> list[Figure]:
 
 def _channels(ctx: Context, name: str, channels: int) -> list[int]:
     """``patches.channels``: the n channels of highest mean activation, or the given ones."""
-    chosen = ctx.cfg.patches.channels
+    chosen = plain(ctx.cfg.patches.channels)
     if isinstance(chosen, int):
         return ctx.stats[name].mean.argsort(descending=True)[:chosen].tolist()
-    return [int(c) for c in chosen if int(c) < channels]
+    return [int(c) for c in chosen]  # checked against every layer's channels in run.build
 
 
 def patches(ctx: Context) -> list[Figure]:
@@ -100,7 +100,7 @@ def maximize(ctx: Context) -> list[Figure]:
     opts = maxim.Ascent(**{k: v for k, v in plain(ctx.cfg.maximize).items() if k != "classes"})
     with timer() as t:
         classes = _maximize_classes(ctx)
-        x, scores = maxim.maximize(ctx.net, classes, opts)
+        x, scores = maxim.maximize(ctx.net, classes, opts, ctx.pixels.bounds)
     rows = maxim.summary(classes, ctx.names, scores)
     settings = {k: v for k, v in vars(opts).items() if k != "region"} | {"region": opts.region}
     figures, each = [], round(t["seconds"] / len(classes), 3)

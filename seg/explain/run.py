@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from seg.checkpoint import build_net, load_checkpoint
+from seg.errors import ConfigError
 from seg.explain import kinds as make
 from seg.explain import options
 from seg.explain.data import Images, Pixels, class_indices, class_names
@@ -79,6 +80,12 @@ def build(cfg: DictConfig, what: list[str]) -> Context:
     net = build_net(ckpt, cfg.ckpt).to(device).requires_grad_(False)
     catalogue = probe(net)
     layers = [catalogue.layers[n] for n in catalogue.resolve(plain(cfg.layers))]
+    chosen = plain(cfg.patches.channels)
+    narrow = [lay for lay in layers if isinstance(chosen, list) and max(chosen) >= lay.channels]
+    if narrow:
+        raise ConfigError(
+            f"patches.channels={chosen}: {narrow[0].name} has only {narrow[0].channels} channels"
+        )
     k, classify = outputs(net)
     cam_names = plain(cfg.cam.layers) or [catalogue.before_classifier(k)]
     cam_layers = [catalogue.layers[n] for n in catalogue.resolve(cam_names, "cam.layers")]
