@@ -120,7 +120,8 @@ def maximize(ctx: Context) -> list[Figure]:
         )
         ax.imshow(rgb)
         ax.set_title(f"{row['class']}\n{row['start']:.2f} -> {row['end']:.2f}", fontsize=8)
-    fig.suptitle("Class-score maximisation (mean logit: noise -> result)", fontsize=9)
+    fig.tight_layout()
+    fig.suptitle("Class-score maximisation (mean logit: noise -> result)", fontsize=9, y=1.03)
     path = save(fig, ctx.out, "maximize/classes.png")
     names = [r["class"] for r in rows]
     figures.append(Figure(path, "maximize", t["seconds"], classes=names, settings=settings))
