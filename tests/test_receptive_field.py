@@ -117,3 +117,18 @@ def test_in_channels_inferred_or_required() -> None:
     with pytest.raises(ValueError, match="in_channels"):
         receptive_field(nn.AvgPool2d(3, 1, 1), 9)
     assert receptive_field(nn.AvgPool2d(3, 1, 1), 9, in_channels=2) == (3, 3)
+
+
+def test_relu6_after_residual_sums_counts_every_pixel() -> None:
+    """MobileNetV2: residual sums double the probe's averages until a ReLU6 would saturate."""
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = conv(4, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.conv(x)
+
+    net = nn.Sequential(conv(3, 4, 1), *(Residual() for _ in range(4)), nn.ReLU6(), conv(4, 4, 3))
+    assert receptive_field(net, 31) == (11, 11)  # 1 + 4 * 2 + 2

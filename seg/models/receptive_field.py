@@ -11,7 +11,8 @@ module) and max pooling (gradient only reaches the arg-max) hide pixels that the
 connects, so the box can be smaller than the theoretical field. ``geometric=True`` (default)
 therefore measures a float64 copy in which every weight is a positive average (1/fan-in), biases
 and BatchNorm statistics are neutral and max pooling is average pooling: all activations are
-positive, so every connected pixel gets a strictly positive gradient. Layers that subtract a
+positive, so every connected pixel gets a strictly positive gradient (bounded activations such as
+ReLU6 lose their upper bound, which residual sums would otherwise reach). Layers that subtract a
 spatial or channel mean (GroupNorm, LayerNorm, InstanceNorm) can still zero some gradients. The
 box is clipped by the input border; a warning is issued when it touches it (use a larger
 ``input_size``).
@@ -20,6 +21,7 @@ box is clipped by the input border; a warning is issued when it touches it (use 
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import torch
@@ -55,6 +57,8 @@ def _neutralise_(model: nn.Module) -> None:
             _replace(model, name, pool)
         elif isinstance(m, nn.AdaptiveMaxPool2d):
             _replace(model, name, nn.AdaptiveAvgPool2d(m.output_size))
+        elif isinstance(m, nn.Hardtanh):  # ReLU6: averages grow through residual sums
+            m.max_val = math.inf  # and would saturate, cutting connected pixels off
         if isinstance(getattr(m, "bias", None), torch.Tensor):
             m.bias.data.zero_()
 
