@@ -48,8 +48,9 @@ class LoadWeights(L.Callback):
     ``target_prefix``, and is loaded when its shape matches. Only two kinds of mismatch are
     accepted, and both are logged, with what was loaded:
 
-    - a tensor whose target is fixed, not learned (``requires_grad=False``, e.g. the frozen
-      bilinear upsampler whose kernel grows with the output stride: 64x64 in FCN-32s, 32x32 in
+    - a tensor whose target is fixed by construction, never learned (``requires_grad=False``
+      in the net itself, not frozen for this run by ``model.freeze``), e.g. FCN's bilinear final
+      upsampler, whose kernel grows with the output stride (64x64 in FCN-32s, 32x32 in
       FCN-16s): the target keeps its own value;
     - a target tensor under one of ``allow_new`` (FCN's new skip score layers and 2x
       upsamplers) that the source lacks: it keeps its initialisation, which for score layers
