@@ -140,23 +140,25 @@ def test_fcn16s_starts_from_fcn32s(tmp_path, caplog: pytest.LogCaptureFixture) -
 
 
 @pytest.mark.parametrize(
-    ("source", "target", "allow_new", "message"),
+    ("source", "freeze", "allow_new", "message"),
     [
-        (8, 16, NEW_FCN_LAYERS, "3 weights have no place"),  # a finer net into a coarser one
-        (32, 16, [], "are not in the checkpoint and are not new layers"),
-        ("other_classes", 16, NEW_FCN_LAYERS, "only fixed tensors"),
+        (8, [], NEW_FCN_LAYERS, "3 weights have no place"),  # a finer net into a coarser one
+        (32, [], [], "are not in the checkpoint and are not new layers"),
+        (5, [], NEW_FCN_LAYERS, r"net.score.weight is \(5, 8, 1, 1\) .* only fixed"),
+        (5, ["score"], NEW_FCN_LAYERS, "only fixed"),  # frozen for the run is not fixed
     ],
 )
-def test_stage_loading_refuses_anything_else(tmp_path, source, target, allow_new, message) -> None:
-    if source == "other_classes":
-        model = SegmentationModule(
-            FCN(num_classes=5, output_stride=32, encoder=TinyEncoder()), num_classes=5
-        )
+def test_stage_loading_refuses_anything_else(tmp_path, source, freeze, allow_new, message) -> None:
+    """Into FCN-16s: an FCN-8s checkpoint, a 32s one without allow_new, a 5-class 32s one."""
+    if source == 5:
+        net = FCN(num_classes=5, output_stride=32, encoder=TinyEncoder())
+        model = SegmentationModule(net, num_classes=5)
     else:
         model = fcn(source)
     path = checkpoint(model, tmp_path / "source.ckpt")
+    target = fcn(16, freeze=freeze)
     with pytest.raises(CheckpointError, match=message) as info:
-        LoadWeights(path, allow_new=allow_new).on_fit_start(NO_RESUME, fcn(target))
+        LoadWeights(path, allow_new=allow_new).on_fit_start(NO_RESUME, target)
     assert "\n" not in str(info.value) and path in str(info.value)
 
 
