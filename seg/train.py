@@ -66,12 +66,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": best,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
+        **batch_record(datamodule, trainer),
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
         log.info("Metrics written to %s", out / "metrics.json")
     return metrics
+
+
+def batch_record(datamodule: Any, trainer: L.Trainer) -> dict[str, Any]:
+    """The batch a step was made of and how many steps were made, for ``metrics.json``.
+
+    ``global_batch_size`` is the images of one optimizer step, all processes together;
+    ``optimizer_steps`` the steps taken (Lightning's ``global_step``).
+    """
+    record: dict[str, Any] = {"optimizer_steps": trainer.global_step}
+    plan = getattr(datamodule, "batch_plan", None)
+    if plan is not None:
+        record.update(
+            global_batch_size=plan.global_batch,
+            micro_batch_size=plan.micro_batch,
+            accumulate_grad_batches=plan.accumulate,
+            world_size=plan.world_size,
+        )
+    return record
 
 
 def per_class_scores(module: L.LightningModule, names: list[str]) -> dict[str, Any]:

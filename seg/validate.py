@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from seg.data.batching import plan_batches
 from seg.errors import ConfigError
 from seg.inference.config import MODES
 
@@ -66,12 +67,16 @@ RULES: dict[str, tuple[str, Check]] = {
     "scheduler.warmup_fraction": ("must be in [0, 1)", lambda v: _num(v) and 0 <= v < 1),
     "scheduler.start_factor": ("must be in (0, 1]", lambda v: _num(v) and 0 < v <= 1),
     "data.batch_size": ("must be an integer >= 1", _int_at_least(1)),
+    "data.micro_batch_size": ("must be an integer >= 1", _int_at_least(1)),
     "data.eval_batch_size": ("must be an integer >= 1", _int_at_least(1)),
     "data.num_workers": ("must be an integer >= 0", _int_at_least(0)),
     "augment.crop_size": ("must be an integer >= 1", _int_at_least(1)),
     "augment.std": ("must be 3 numbers > 0", lambda v: _triple(v) and all(s > 0 for s in v)),
     "augment.mean": ("must be 3 numbers", _triple),
     "model.encoder_lr_mult": ("must be >= 0", _non_negative),
+    "model.bias_lr_mult": ("must be >= 0", _non_negative),
+    "model.bias_weight_decay": ("must be >= 0", _non_negative),
+    "model.loss_reduction": ("must be 'mean' or 'sum'", lambda v: v in ("mean", "sum")),
     "trainer.max_epochs": ("must be an integer >= 1 (or -1: no limit)", _steps),
     "trainer.max_steps": ("must be an integer >= 1 (or -1: no limit)", _steps),
     "trainer.accumulate_grad_batches": ("must be an integer >= 1", _int_at_least(1)),
@@ -143,6 +148,21 @@ def _check_crop_vs_pad(cfg: DictConfig, pipeline: str) -> Iterator[str]:
                     )
 
 
+def _check_global_batch(cfg: DictConfig) -> Iterator[str]:
+    """``data.batch_size`` (global) must split over the processes and micro-batches; checked
+    here when the process count is known (``trainer.devices`` a number), else at setup."""
+    batch, micro = _get(cfg, "data.batch_size"), _get(cfg, "data.micro_batch_size")
+    devices, nodes = _get(cfg, "trainer.devices"), _get(cfg, "trainer.num_nodes") or 1
+    if not (_int(batch) and batch >= 1 and _int(devices) and devices >= 1 and _int(nodes)):
+        return
+    if micro is not None and not (_int(micro) and micro >= 1):
+        return  # reported by its rule
+    try:
+        plan_batches(batch, devices * nodes, micro)
+    except ConfigError as err:
+        yield str(err)
+
+
 def _class_counts(node: Any, path: str) -> Iterator[tuple[str, Any]]:
     """Every ``num_classes`` / ``seg_classes`` key under a net config, with its dotted path."""
     if isinstance(node, dict):
@@ -183,6 +203,7 @@ def problems(cfg: DictConfig) -> list[str]:
         *_check_inference(cfg),
         *_check_crop_vs_pad(cfg, "train"),
         *_check_crop_vs_pad(cfg, "eval"),
+        *_check_global_batch(cfg),
         *_check_classes(cfg),
     ]
 

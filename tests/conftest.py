@@ -28,7 +28,8 @@ from seg.data.sample import make_sample
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-SHARED = REPO.parent / "shared"
+#: ``../shared``; ``SEG_SHARED`` points elsewhere (a git worktree has no ``../shared``).
+SHARED = Path(os.environ.get("SEG_SHARED", REPO.parent / "shared"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 

@@ -23,7 +23,7 @@ ENV = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore", "OMP_N
 
 
 def ddp_args(sample_root: Path, run_dir: Path, *extra: str) -> list[str]:
-    """The quickstart on 2 CPU processes: 1 epoch of 48 images = 3 steps of 8 per process."""
+    """The quickstart on 2 CPU processes: 1 epoch of 48 images = 6 steps of 8, 4 per process."""
     return [
         "train.py",
         "experiment=quickstart",
@@ -91,7 +91,9 @@ def test_ddp_training_runs_to_the_end(sample_root: Path, tmp_path: Path) -> None
     assert code == 0, out[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["epochs"] == 1
-    assert metrics["global_step"] == 3  # 48 images / 2 processes / batch 8 (1 process: 6)
+    # data.batch_size=8 is the global batch: 48 images / 8 = 6 steps, as on 1 process
+    assert metrics["global_step"] == metrics["optimizer_steps"] == 6
+    assert (metrics["global_batch_size"], metrics["world_size"]) == (8, 2)
     assert 0.0 <= metrics["val/mIoU"] <= 1.0
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
 

@@ -21,7 +21,8 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml
 
 #: Per experiment: overrides that make it runnable offline in a few seconds.
 OFFLINE = {
-    "fcn8s_voc": ["model.net.encoder_weights=null"],
+    "fcn32s_voc": ["model.net.encoder_weights=null"],
+    "fcn8s_atonce_voc": ["model.net.encoder_weights=null"],
     "dilation_frontend_voc": ["model.net.encoder_weights=null", "augment.crop_size=112"],
     "dilation_voc": ["augment.crop_size=112"],
     "localization_voc": [
@@ -32,6 +33,19 @@ OFFLINE = {
     "unet_resnet34_voc_aug": ["model.net.encoder.weights=null"],
 }
 
+#: Staged experiments: the key of the checkpoint they start from, and the experiment whose net
+#: writes it.
+STAGES = {
+    "fcn16s_voc": ("init_ckpt", "fcn32s_voc"),
+    "fcn8s_voc": ("init_ckpt", "fcn16s_voc"),
+    "dilation_voc": ("frontend_ckpt", "dilation_frontend_voc"),
+}
+
+
+def placeholder(name: str) -> list[str]:
+    """The checkpoint override a staged experiment needs to compose (not to run)."""
+    return [f"{STAGES[name][0]}=stage.ckpt"] if name in STAGES else []
+
 
 def compose_train(overrides: list[str]) -> DictConfig:
     return compose("train", *overrides)
@@ -40,8 +54,12 @@ def compose_train(overrides: list[str]) -> DictConfig:
 def test_every_experiment_is_tested() -> None:
     assert set(EXPERIMENTS) >= {
         "quickstart",
+        "fcn32s_voc",
+        "fcn16s_voc",
         "fcn8s_voc",
+        "fcn8s_atonce_voc",
         "unet_voc",
+        "dilation_frontend_voc",
         "dilation_voc",
         "localization_voc",
         "unet_resnet34_voc_aug",
@@ -50,19 +68,22 @@ def test_every_experiment_is_tested() -> None:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes(name: str, tmp_path: Path) -> None:
-    extra = ["frontend_ckpt=stage1.ckpt"] if name == "dilation_voc" else []
-    cfg = compose_train([f"experiment={name}", f"paths.output_dir={tmp_path}", *extra])
+    cfg = compose_train([f"experiment={name}", f"paths.output_dir={tmp_path}", *placeholder(name)])
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert cfg.task_name == name
     assert "Module" in cfg.model._target_ and "_target_" in cfg.model.net
     assert cfg.optimizer._partial_
 
 
-def frontend_checkpoint(path: Path, cfg: DictConfig) -> str:
-    """A stage-1 checkpoint for ``dilation_voc`` (random front-end weights)."""
-    frontend = instantiate(cfg.model.net.frontend)
-    state = {f"net.{k}": v for k, v in frontend.state_dict().items()}
-    torch.save({"state_dict": state, "seg_config": {}}, path)  # as train.py writes it
+def stage_checkpoint(path: Path, name: str) -> str:
+    """The checkpoint ``name`` starts from: random weights of its previous stage's net, saved as
+    train.py saves them."""
+    previous = STAGES[name][1]
+    cfg = compose_train(
+        [f"experiment={previous}", *OFFLINE.get(previous, []), *placeholder(previous)]
+    )
+    state = {f"net.{k}": v for k, v in instantiate(cfg.model.net).state_dict().items()}
+    torch.save({"state_dict": state, "seg_config": {}}, path)
     return str(path)
 
 
@@ -81,9 +102,9 @@ def test_experiment_fast_dev_run(name: str, tmp_path: Path, sample_root: Path) -
         "logger=csv",
         *OFFLINE.get(name, []),
     ]
-    if name == "dilation_voc":
-        base = compose_train([*overrides, "frontend_ckpt=x"])
-        overrides.append(f"frontend_ckpt={frontend_checkpoint(tmp_path / 'stage1.ckpt', base)}")
+    if name in STAGES:
+        path = stage_checkpoint(tmp_path / "previous_stage.ckpt", name)
+        overrides.append(f"{STAGES[name][0]}={path}")
     cfg = compose_train(overrides)
     module = build_module(cfg)
     assert isinstance(module.net, torch.nn.Module)

@@ -4,6 +4,11 @@ single-object localization (the dataset class is a Hydra ``_partial_`` node, not
 Batches: ``{"image": float32 (B, 3, H, W), "mask": int64 (B, H, W), "id": list[str]}`` for
 segmentation; localization adds ``"label"`` int64 (B,) and ``"box"`` float32 (B, 4).
 
+Batch: ``batch_size`` is the global batch of one optimizer step. Each of the P processes loads
+``batch_size / P`` images per step, in micro-batches of ``micro_batch_size`` whose gradients are
+accumulated; ``setup("fit")`` sets the trainer's ``accumulate_grad_batches`` to match
+(:mod:`seg.data.batching`).
+
 Distributed: Trainer configs set ``use_distributed_sampler: false`` and the samplers are built
 here. Training shards with ``DistributedSampler`` (shuffled, seeded, padded); evaluation uses
 :class:`ShardSampler` (``indices[rank::world_size]``, never padded), so every image is scored
@@ -32,9 +37,11 @@ from torch.utils.data import (
 )
 
 from seg.constants import IGNORE_INDEX, VOC_CLASSES
+from seg.data.batching import BatchPlan, WholeSteps, plan_batches
 from seg.data.sample import ensure_sample
 from seg.data.sbd import check_no_leak
 from seg.data.voc import VOCSegmentation
+from seg.errors import ConfigError
 
 
 def _as_chw(image: Any) -> torch.Tensor:
@@ -116,7 +123,7 @@ class VOCDataModule(L.LightningDataModule):
         split: evaluation list used by validate/test/predict (``val``).
         train_transform: albumentations pipeline for training.
         eval_transform: albumentations pipeline for evaluation (full image).
-        batch_size: training batch size (per process).
+        batch_size: training batch of one optimizer step, all processes together.
         eval_batch_size: evaluation batch size; 1 keeps results independent of padding.
         num_workers: DataLoader worker processes.
         pin_memory: pin host memory (GPU training).
@@ -128,7 +135,9 @@ class VOCDataModule(L.LightningDataModule):
         generate_sample: ``{n_train, n_val, seed, ...}`` to generate the synthetic sample into
             ``root`` in ``prepare_data`` when it is missing; ``None`` for real data.
         seed: shuffling seed of the distributed training sampler.
-        drop_last: drop the last incomplete training batch (when there is more than one batch).
+        drop_last: end every epoch on a full optimizer step (when there is more than one).
+        micro_batch_size: images per forward pass in each process; gradients are accumulated
+            over ``batch_size / world_size / micro_batch_size`` of them. None: no accumulation.
         classes: the dataset's class names (index = label value); VOC's 21 when None.
         palette: RGB colour of each label (masks saved in colours); VOC's when None.
     """
@@ -153,12 +162,14 @@ class VOCDataModule(L.LightningDataModule):
         drop_last: bool = True,
         classes: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
+        micro_batch_size: int | None = None,
     ):
         super().__init__()
         self.root = Path(root)
         self.train_split, self.split = train_split, split
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.micro_batch_size = micro_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.skip_bad, self.seed, self.drop_last = skip_bad, seed, drop_last
@@ -193,6 +204,26 @@ class VOCDataModule(L.LightningDataModule):
         if stage in (None, "fit"):
             train_ids, eval_ids = (getattr(d, "ids", ()) for d in (self.data_train, self.data_eval))
             check_no_leak(train_ids, eval_ids, f"{self.train_split!r} training")
+            self._set_accumulation()
+
+    @property
+    def batch_plan(self) -> BatchPlan:
+        """How ``batch_size`` splits over this run's processes and micro-batches."""
+        return plan_batches(self.batch_size, self._world()[0], self.micro_batch_size)
+
+    def _set_accumulation(self) -> None:
+        """Give the trainer the gradient accumulation that makes one step one global batch."""
+        plan, trainer = self.batch_plan, self.trainer
+        if trainer is None:
+            return
+        configured = getattr(trainer, "accumulate_grad_batches", 1)
+        if configured not in (1, plan.accumulate):
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches={configured}: data.batch_size={self.batch_size} "
+                "is the global batch of one optimizer step; set data.micro_batch_size to "
+                "accumulate gradients instead"
+            )
+        trainer.accumulate_grad_batches = plan.accumulate
 
     def _build(self, factory: Callable[..., Dataset], split: str, transform) -> Dataset:
         return factory(
@@ -229,8 +260,11 @@ class VOCDataModule(L.LightningDataModule):
             )
         else:
             sampler = RandomSampler(self.data_train)
-        drop_last = self.drop_last and len(sampler) > self.batch_size
-        return self._loader(self.data_train, sampler, self.batch_size, drop_last)
+        plan = self.batch_plan
+        n = len(sampler)
+        if self.drop_last and n >= plan.per_process and n % plan.per_process:
+            sampler = WholeSteps(sampler, plan.per_process)  # no smaller last step
+        return self._loader(self.data_train, sampler, plan.micro_batch)
 
     def _eval_loader(self) -> DataLoader:
         world, rank = self._world()

@@ -43,6 +43,30 @@ def conv_bn_relu(
     return nn.Sequential(*layers)
 
 
+def he_normal_(module: nn.Module) -> None:
+    """He initialisation of every (transposed) convolution in ``module``, biases zero.
+
+    Weights ~ N(0, sqrt(2 / N)), N = the number of inputs of one output neuron (He et al. 2015,
+    https://arxiv.org/abs/1502.01852; U-Net, Ronneberger et al. 2015, Sec. 3: "for a 3x3
+    convolution and 64 feature channels in the previous layer N = 9 * 64 = 576"). For a
+    ``Conv2d`` N = C_in / groups * kh * kw (torch's ``fan_in``). A ``ConvTranspose2d`` with
+    stride s feeds each output from C_in / groups * (kh / s_h) * (kw / s_w) inputs on average
+    (C_in for U-Net's 2x2, stride-2 up-convolution), not from torch's ``fan_in``, which counts
+    the output channels of its (C_in, C_out / groups, kh, kw) weight.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.ConvTranspose2d):
+            (kh, kw), (sh, sw) = m.kernel_size, m.stride
+            n_inputs = m.in_channels / m.groups * (kh / sh) * (kw / sw)
+        elif isinstance(m, nn.Conv2d):
+            n_inputs = m.weight[0].numel()  # C_in / groups * kh * kw
+        else:
+            continue
+        nn.init.normal_(m.weight, 0.0, (2.0 / n_inputs) ** 0.5)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     """Weights that make a ``ConvTranspose2d`` perform bilinear upsampling, channel-wise.
 

@@ -9,6 +9,12 @@ FCN-16s adds scores from the stride-16 features (pool4) and FCN-8s also from the
 bilinear interpolation and fused by summation. A final upsampling, fixed to bilinear as in the
 paper, brings the scores back to the input resolution. Score layers are zero-initialised.
 
+Training FCN-8s all at once from VGG16 (the reference ``voc-fcn8s-atonce``) scales the pool4 and
+pool3 features by 0.01 and 1e-4 before their score layers (``skip_scales``; reference
+``voc-fcn8s-atonce/net.py:64-66,77-79``, wkentaro/pytorch-fcn ``torchfcn/models/fcn8s.py:222,230``),
+so that the finer, larger activations do not swamp fc7's scores at the start. The staged
+recipe (32s -> 16s -> 8s) needs no scaling: new skips start at zero on a trained coarser net.
+
 Arbitrary input sizes: instead of the paper's 100-pixel padding of conv1_1 plus crop offsets,
 the input is zero-padded at the bottom/right to a multiple of 32, so every feature map is exactly
 ``1/stride`` of it and each upsampling is exactly 2x (or ``stride``x); the output is then cropped
@@ -18,6 +24,7 @@ Any size down to 1x1 works.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -68,6 +75,8 @@ class FCN(nn.Module):
         dropout: Dropout after fc6 and fc7 of the VGG16 encoder.
         learn_final_upsample: Make the final upsampling a learnable full ``ConvTranspose2d``
             (bilinear-initialised) instead of the paper's fixed bilinear one.
+        skip_scales: Factors applied to the skip features before their score layers, in order
+            of use (pool4, then pool3); None = 1. The all-at-once recipe uses (0.01, 1e-4).
 
     Shapes:
         ``forward``: (B, 3, H, W) -> logits (B, K, H, W) for any H, W >= 1.
@@ -81,6 +90,7 @@ class FCN(nn.Module):
         encoder_weights: str | None = None,
         dropout: float = 0.5,
         learn_final_upsample: bool = False,
+        skip_scales: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
@@ -89,6 +99,13 @@ class FCN(nn.Module):
             raise ValueError("encoder_weights only applies to the default VGG16 encoder")
         self.output_stride = output_stride
         n_skips = (COARSEST_STRIDE // output_stride).bit_length() - 1  # 0, 1 or 2
+        scales = (1.0,) * n_skips if skip_scales is None else tuple(map(float, skip_scales))
+        if len(scales) != n_skips:
+            raise ValueError(
+                f"skip_scales needs {n_skips} factors (pool4, pool3)[:{n_skips}] for output "
+                f"stride {output_stride}, got {list(scales)}"
+            )
+        self.skip_scales = scales
         if encoder is None:
             encoder = VGG16Encoder(weights=encoder_weights, dropout=dropout)
         self.encoder = encoder
@@ -121,9 +138,13 @@ class FCN(nn.Module):
         x = pad_to_multiple(x, COARSEST_STRIDE)  # (B, 3, H', W'), 32 | H'
         features = self.encoder(x)  # [..., stride 8, stride 16, stride 32]
         score = self.score(features[-1])  # (B, K, H'/32, W'/32)
-        skips = zip(self.upsample2, self.score_skips, features[-2:-4:-1], strict=False)
-        for upsample, score_skip, feature in skips:  # n_skips steps: pool4, then pool3
+        skips = zip(
+            self.upsample2, self.score_skips, self.skip_scales, features[-2:-4:-1], strict=False
+        )
+        for upsample, score_skip, scale, feature in skips:  # n_skips steps: pool4, then pool3
             score = upsample(score)  # (B, K, H'/16, W'/16), then (B, K, H'/8, W'/8)
+            if scale != 1.0:
+                feature = feature * scale  # at-once training: tame the finer activations
             score = score + score_skip(feature)  # fuse the finer scores
         score = self.upsample_final(score)  # (B, K, H', W')
         return score[:, :, :h, :w]  # (B, K, H, W)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from seg.constants import NUM_CLASSES
-from seg.models.blocks import conv_bn_relu, pad_to_multiple
+from seg.models.blocks import conv_bn_relu, he_normal_, pad_to_multiple
 
 
 def double_conv(in_channels: int, out_channels: int, batch_norm: bool = True) -> nn.Sequential:
@@ -44,10 +44,17 @@ class UNetEncoder(nn.Module):
             ``base_channels * 2**i``.
         depth: Number of poolings (4 in the paper).
         batch_norm: Add BatchNorm after each conv (the paper has none).
+        dropout: Dropout on the deepest feature, "at the end of the contracting path" (paper
+            Sec. 3.1); 0 for none.
     """
 
     def __init__(
-        self, in_channels: int = 3, base_channels: int = 64, depth: int = 4, batch_norm: bool = True
+        self,
+        in_channels: int = 3,
+        base_channels: int = 64,
+        depth: int = 4,
+        batch_norm: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.out_channels = tuple(base_channels * 2**i for i in range(depth + 1))
@@ -57,6 +64,7 @@ class UNetEncoder(nn.Module):
             for c_in, c_out in zip(ins, self.out_channels, strict=True)
         )
         self.pool = nn.MaxPool2d(2)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Args: x (B, C_in, H, W), H and W multiples of ``2**depth``.
@@ -67,6 +75,7 @@ class UNetEncoder(nn.Module):
         features = [self.blocks[0](x)]  # (B, 64, H, W)
         for block in self.blocks[1:]:
             features.append(block(self.pool(features[-1])))  # (B, 2C, H/2, W/2)
+        features[-1] = self.dropout(features[-1])  # (B, base * 2**depth, H / 2**depth, ...)
         return features
 
 
@@ -213,6 +222,10 @@ class UNet(EncoderUNet):
             He-normal init); BN is the default here because it trains reliably from scratch with
             plain SGD/AdamW. ``False`` gives the paper's layers exactly.
         pad_mode: How inputs are padded to a multiple of ``2**depth`` (see ``pad_to_multiple``).
+        he_init: Initialise every convolution as the paper does (Sec. 3), N(0, sqrt(2/N)) with
+            N the inputs of one neuron (:func:`~seg.models.blocks.he_normal_`); False keeps
+            PyTorch's default, about 2.45x smaller (kaiming_uniform with a=sqrt(5)).
+        dropout: Dropout at the end of the contracting path (paper Sec. 3.1); 0 for none.
     """
 
     def __init__(
@@ -223,7 +236,11 @@ class UNet(EncoderUNet):
         depth: int = 4,
         batch_norm: bool = True,
         pad_mode: str = "reflect",
+        he_init: bool = True,
+        dropout: float = 0.0,
     ) -> None:
-        encoder = UNetEncoder(in_channels, base_channels, depth, batch_norm)
+        encoder = UNetEncoder(in_channels, base_channels, depth, batch_norm, dropout)
         decoder_channels = encoder.out_channels[-2::-1]  # (512, 256, 128, 64)
         super().__init__(encoder, decoder_channels, num_classes, batch_norm, pad_mode, first_skip=0)
+        if he_init:
+            he_normal_(self)

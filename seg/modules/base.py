@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -25,10 +26,10 @@ from torchmetrics import Metric
 from seg.modules.optim import (
     build_optimization,
     check_encoder_options,
-    freeze,
-    get_encoder,
+    frozen_names,
     with_length,
 )
+from seg.modules.optim import freeze as freeze_module  # `freeze` names what to freeze
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,11 @@ class BaseModule(L.LightningModule):
         freeze_encoder: Freeze ``net.encoder`` for the whole run: no gradients, and eval mode, so
             its BatchNorm statistics stay those of pre-training too (small segmentation batches
             would otherwise drift them; the usual frozen-backbone recipe).
+        freeze: More submodules of ``net`` (dotted names) frozen the same way, e.g.
+            ``["frontend"]``: the dilation network's stage 2 trains only its context module.
         encoder_lr_mult: Encoder learning rate = base lr * this.
+        bias_lr_mult: Bias learning rate = its group's learning rate * this (Caffe recipes: 2).
+        bias_weight_decay: Weight decay of the biases; None keeps the optimizer's (Caffe: 0).
         channels_last: Run the net in channels-last memory format (faster convs with AMP).
         scheduler_interval: Step the scheduler every "step" or every "epoch".
         scheduler_monitor: The logged score a ``ReduceLROnPlateau`` scheduler watches (e.g.
@@ -65,7 +70,10 @@ class BaseModule(L.LightningModule):
         optimizer: partial | None = None,
         scheduler: partial | None = None,
         freeze_encoder: bool = False,
+        freeze: Sequence[str] = (),
         encoder_lr_mult: float = 1.0,
+        bias_lr_mult: float = 1.0,
+        bias_weight_decay: float | None = None,
         channels_last: bool = True,
         scheduler_interval: str = "step",
         scheduler_monitor: str | None = None,
@@ -76,13 +84,17 @@ class BaseModule(L.LightningModule):
                 f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}"
             )
         check_encoder_options(net, freeze_encoder, encoder_lr_mult)
+        frozen = frozen_names(net, freeze, freeze_encoder)
         # Collects the subclass's arguments too (Lightning walks the __init__ frames).
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "inference"])
+        self.hparams.freeze = [str(name) for name in freeze]  # a Hydra ListConfig: plain strs
         self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler
-        if freeze_encoder:
-            freeze(get_encoder(net))
+        #: Dotted names of the frozen submodules of ``net`` (``freeze`` and ``encoder``).
+        self.frozen = frozen
+        for name in frozen:
+            freeze_module(net.get_submodule(name))
         self.metrics = nn.ModuleDict({"val": self.make_metric(), "test": self.make_metric()})
         #: The scores of the last validation / test epoch, by stage ("val", "test").
         self.scores: dict[str, dict[str, Tensor]] = {}
@@ -115,8 +127,8 @@ class BaseModule(L.LightningModule):
 
     def train(self, mode: bool = True) -> BaseModule:
         super().train(mode)
-        if self.hparams.freeze_encoder:
-            get_encoder(self.net).eval()
+        for name in self.frozen:  # frozen parts stay in eval mode: no dropout, fixed BN stats
+            self.net.get_submodule(name).eval()
         return self
 
     def forward(self, x: Tensor) -> Any:
@@ -183,6 +195,8 @@ class BaseModule(L.LightningModule):
             hp.encoder_lr_mult,
             self.schedule_length,
             hp.scheduler_interval,
+            hp.bias_lr_mult,
+            hp.bias_weight_decay,
             hp.scheduler_monitor,
         )
 

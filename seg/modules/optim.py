@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -41,39 +41,88 @@ def check_encoder_options(net: nn.Module, freeze_encoder: bool, encoder_lr_mult:
         raise ConfigError(f"model.encoder_lr_mult={encoder_lr_mult} must be >= 0")
 
 
+def frozen_names(net: nn.Module, freeze: Sequence[str], freeze_encoder: bool) -> list[str]:
+    """The submodules of ``net`` to freeze: ``freeze`` plus ``encoder`` if ``freeze_encoder``.
+
+    Args:
+        net: The network.
+        freeze: Dotted submodule names, e.g. ``["frontend"]`` or ``["encoder", "decoder.blocks.0"]``.
+        freeze_encoder: Also freeze ``encoder`` (the historical option, kept).
+
+    Returns:
+        The names, as plain strings (they go into the checkpoint's hyper-parameters).
+
+    Raises:
+        ConfigError: A name is not a submodule of ``net``.
+    """
+    names = [str(name) for name in freeze]
+    if freeze_encoder and "encoder" not in names:
+        names.append("encoder")
+    for name in names:
+        try:
+            net.get_submodule(name)
+        except AttributeError:
+            children = [n for n, _ in net.named_children()]
+            raise ConfigError(
+                f"model.freeze: {type(net).__name__} has no submodule {name!r} "
+                f"(its children: {children})"
+            ) from None
+    return names
+
+
 def freeze(module: nn.Module) -> None:
     """Stop gradients for all parameters of ``module`` and put it in eval mode."""
     module.requires_grad_(False)
     module.eval()
 
 
-def param_groups(net: nn.Module, lr: float, encoder_lr_mult: float = 1.0) -> list[dict[str, Any]]:
-    """Split the trainable parameters into an encoder group and a head group.
+def param_groups(
+    net: nn.Module,
+    lr: float,
+    encoder_lr_mult: float = 1.0,
+    bias_lr_mult: float = 1.0,
+    bias_weight_decay: float | None = None,
+) -> list[dict[str, Any]]:
+    """Split the trainable parameters into an encoder group and a head group, and optionally
+    their biases into groups of their own.
 
     Frozen parameters (``requires_grad=False``) are left out. A net without ``encoder`` gives
-    one group. Groups carry a "name" that ``LearningRateMonitor`` uses in its log keys.
+    one group ("net"). Groups carry a "name" that ``LearningRateMonitor`` uses in its log keys.
+    Biases (parameters named ``*bias``) get their own groups ("encoder_bias", "head_bias") only
+    when ``bias_lr_mult != 1`` or ``bias_weight_decay`` is set: the Caffe recipes of FCN and the
+    dilation network give biases twice the learning rate and no weight decay
+    (``param=[dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]``).
 
     Args:
         net: The network.
         lr: Base learning rate, used by the head (decoder, classifier).
         encoder_lr_mult: Encoder learning rate = ``lr * encoder_lr_mult``.
+        bias_lr_mult: Bias learning rate = the group's learning rate * this.
+        bias_weight_decay: Weight decay of the biases; None keeps the optimizer's.
 
     Returns:
         Non-empty groups for ``torch.optim.Optimizer``.
     """
     encoder = get_encoder(net)
-    if encoder is None:
-        return [
-            {"params": [p for p in net.parameters() if p.requires_grad], "lr": lr, "name": "net"}
-        ]
-    encoder_ids = {id(p) for p in encoder.parameters()}
-    enc = [p for p in encoder.parameters() if p.requires_grad]
-    head = [p for p in net.parameters() if p.requires_grad and id(p) not in encoder_ids]
-    groups = [
-        {"params": enc, "lr": lr * encoder_lr_mult, "name": "encoder"},
-        {"params": head, "lr": lr, "name": "head"},
-    ]
-    return [g for g in groups if g["params"]]
+    encoder_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    split_bias = bias_lr_mult != 1.0 or bias_weight_decay is not None
+    groups: dict[str, dict[str, Any]] = {}
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = "net" if encoder is None else "encoder" if id(p) in encoder_ids else "head"
+        part_lr = lr * encoder_lr_mult if part == "encoder" else lr
+        if split_bias and name.endswith("bias"):
+            group = groups.setdefault(
+                f"{part}_bias", {"params": [], "lr": part_lr * bias_lr_mult, "name": f"{part}_bias"}
+            )
+            if bias_weight_decay is not None:
+                group["weight_decay"] = bias_weight_decay
+        else:
+            group = groups.setdefault(part, {"params": [], "lr": part_lr, "name": part})
+        group["params"].append(p)
+    order = ("net", "encoder", "head", "net_bias", "encoder_bias", "head_bias")
+    return [groups[k] for k in order if k in groups]
 
 
 def base_lr(optimizer: partial) -> float:
@@ -115,6 +164,8 @@ def build_optimization(
     encoder_lr_mult: float,
     length: Callable[[], float],
     interval: str,
+    bias_lr_mult: float = 1.0,
+    bias_weight_decay: float | None = None,
     monitor: str | None = None,
 ) -> dict[str, Any]:
     """Everything ``LightningModule.configure_optimizers`` returns.
@@ -127,6 +178,8 @@ def build_optimization(
         length: Returns the schedule length in ``interval`` units; called only when the
             scheduler config omits it (it needs a trainer).
         interval: "step" or "epoch".
+        bias_lr_mult: Bias learning-rate multiplier (see :func:`param_groups`).
+        bias_weight_decay: Weight decay of the biases; None keeps the optimizer's.
         monitor: The logged score a ``ReduceLROnPlateau`` scheduler watches.
 
     Returns:
@@ -134,7 +187,8 @@ def build_optimization(
     """
     if optimizer is None:
         raise ConfigError("optimizer: none configured (choose one, e.g. optimizer=sgd)")
-    opt = optimizer(param_groups(net, base_lr(optimizer), encoder_lr_mult))
+    groups = param_groups(net, base_lr(optimizer), encoder_lr_mult, bias_lr_mult, bias_weight_decay)
+    opt = optimizer(groups)
     if not scheduler:  # None, or an empty Hydra config group such as conf/scheduler/none.yaml
         return {"optimizer": opt}
     sched = with_length(scheduler, length())(opt)

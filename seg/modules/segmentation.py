@@ -22,6 +22,9 @@ from seg.metrics import SegmentationMetrics
 from seg.models import AUX, seg_logits
 from seg.modules.base import BaseModule
 
+#: Reductions of the training cross-entropy over pixels (``model.loss_reduction``).
+LOSS_REDUCTIONS = ("mean", "sum")
+
 
 class SegmentationModule(BaseModule):
     """Train and evaluate a segmentation net.
@@ -35,6 +38,15 @@ class SegmentationModule(BaseModule):
     ``val/loss`` and ``test/loss`` are the cross-entropy of the probabilities that are scored
     (the output of the inference path), so they stay comparable whatever the training terms.
 
+    ``loss_reduction`` sets how the training cross-entropy terms ("ce", "aux") reduce over
+    pixels. ``"mean"``: the mean over the batch's labelled pixels. ``"sum"``: the sum over each
+    image's labelled pixels, averaged over the images (Caffe's ``SoftmaxWithLoss`` with
+    ``normalize: false``, the loss of the FCN reference solvers, whose learning rates are "for
+    unnormalized softmax"). For a batch of B images with N labelled pixels in all, one SGD step on
+    the summed loss at lr η is the step on the mean loss at lr η·N/B (without weight decay).
+    Under DDP and gradient accumulation, "sum" gives exactly the step of one process on the
+    global batch; "mean" does when every micro-batch has the same number of labelled pixels.
+
     Args:
         net: Network following the output contract of :mod:`seg.models`.
         num_classes: C, including background.
@@ -46,6 +58,7 @@ class SegmentationModule(BaseModule):
             ``evaluate.py`` passes its ``inference`` / ``tta`` options).
         context: Name of the context-module variant (``model=dilation_context`` selects it
             with ``model.context=basic|large``); only recorded in the hyper-parameters.
+        loss_reduction: ``"mean"`` or ``"sum"`` (see above).
         **kwargs: Optimizer, scheduler, encoder and memory-format options of
             :class:`~seg.modules.base.BaseModule`.
     """
@@ -60,8 +73,13 @@ class SegmentationModule(BaseModule):
         aux_weight: float = 0.0,
         inference: InferenceConfig | None = None,
         context: str | None = None,
+        loss_reduction: str = "mean",
         **kwargs: Any,
     ) -> None:
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ConfigError(
+                f"model.loss_reduction={loss_reduction!r} must be one of {LOSS_REDUCTIONS}"
+            )
         if class_weights is not None:  # may be a Hydra ListConfig: hparams keep plain floats
             class_weights = [float(w) for w in class_weights]
             if len(class_weights) != num_classes:
@@ -96,8 +114,8 @@ class SegmentationModule(BaseModule):
         """
         mask = batch["mask"]
         logits = seg_logits(out)  # (B, C, H, W)
-        ce = partial(F.cross_entropy, weight=self.class_weights, ignore_index=IGNORE_INDEX)
         hp = self.hparams
+        ce = partial(self.cross_entropy, summed=hp.loss_reduction == "sum")
         terms, weights = {"ce": ce(logits, mask)}, {"ce": 1.0}
         for name, loss_fn in (("dice", self.dice), ("lovasz", self.lovasz)):
             if loss_fn is not None:
@@ -116,6 +134,22 @@ class SegmentationModule(BaseModule):
             terms["aux"], weights["aux"] = ce(aux, mask), hp.aux_weight  # aux: (B, C, H, W)
         terms["loss"] = sum(weights[k] * v for k, v in terms.items())
         return terms
+
+    def cross_entropy(self, logits: Tensor, mask: Tensor, summed: bool = False) -> Tensor:
+        """Cross-entropy of (B, C, H, W) logits against (B, H, W) labels, ``IGNORE_INDEX`` left out.
+
+        Returns:
+            The mean over labelled pixels, or with ``summed`` the sum over each image's labelled
+            pixels averaged over the B images.
+        """
+        loss = F.cross_entropy(
+            logits,
+            mask,
+            weight=self.class_weights,
+            ignore_index=IGNORE_INDEX,
+            reduction="sum" if summed else "mean",
+        )
+        return loss / mask.shape[0] if summed else loss
 
     def eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, Tensor]:
         image, mask = batch["image"], batch["mask"]  # (B, 3, H, W), (B, H, W)
