@@ -404,17 +404,24 @@ def evaluate(model: nn.Module, data: list, norm: str, bf16: bool) -> dict:
     """Scores of one confusion matrix over the whole held-out images at full resolution."""
     model.eval()
     metric = SegmentationMetrics(num_classes=NUM_CLASSES)
+    nll, pixels = 0.0, 0
     for image, mask in data:
         x = to_tensor(image, norm).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)  # (1, 21, H, W)
-        metric.update(logits.float(), torch.from_numpy(mask.astype(np.int64))[None])
+        target = torch.from_numpy(mask.astype(np.int64))[None]  # (1, H, W)
+        metric.update(logits.float(), target)
+        nll += float(
+            F.cross_entropy(logits.float(), target, reduction="sum", ignore_index=IGNORE_INDEX)
+        )
+        pixels += int((target != IGNORE_INDEX).sum())
     s = metric.compute()
     iou = s["per_class_IoU"]
     return {
         "mIoU": float(s["mIoU"]),
         "pixel_acc": float(s["pixel_acc"]),
         "mean_acc": float(s["mean_acc"]),
+        "nll": nll / pixels,  # held-out cross-entropy per labelled pixel: a smoother score
         "per_class_IoU": [None if math.isnan(v) else round(float(v), 4) for v in iou],
     }
 
@@ -492,7 +499,9 @@ def summarize(record: dict) -> dict:
         if not rs:
             continue
         out[arm] = {}
-        for key in ("mIoU", "pixel_acc", "mean_acc", "s_per_step"):
+        for key in ("mIoU", "pixel_acc", "mean_acc", "nll", "s_per_step"):
+            if not all(key in r for r in rs):
+                continue
             v = np.array([r[key] for r in rs])
             out[arm][key] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
     if "pretrained" in out and "random" in out:
@@ -513,7 +522,8 @@ def format_summary(summary: dict) -> str:
             lines.append(
                 f"{arm:>10}: mIoU {s['mIoU'][0]:.4f} +- {s['mIoU'][1]:.4f}  pixel acc "
                 f"{s['pixel_acc'][0]:.4f} +- {s['pixel_acc'][1]:.4f}  mean acc "
-                f"{s['mean_acc'][0]:.4f}  {s['s_per_step'][0]:.3f} s/step (1 thread)"
+                f"{s['mean_acc'][0]:.4f}  nll {s.get('nll', [math.nan])[0]:.3f}  "
+                f"{s['s_per_step'][0]:.3f} s/step (1 thread)"
             )
     if "gain" in summary:
         g = summary["gain"]
