@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from rich.progress import track
 from torch import Tensor
 
-from seg.constants import NUM_CLASSES, VOC_CLASSES
+from seg.data.classes import checkpoint_classes, checkpoint_logit_names
 from seg.data.io import read_image
 from seg.data.voc import VOCSegmentation
 from seg.errors import ConfigError
@@ -56,7 +56,8 @@ class Images:
             DatasetNotFoundError: No dataset at ``data.root``.
         """
         if cfg.input is not None:
-            paths, ignored = list_inputs(str(cfg.input))
+            inputs = list_inputs(str(cfg.input))
+            paths, ignored = inputs.images, inputs.ignored
         else:
             split = VOCSegmentation(cfg.data.root, split=cfg.data.split)
             paths, ignored = [split.voc / "JPEGImages" / f"{i}.jpg" for i in split.ids], []
@@ -135,14 +136,13 @@ class Pixels:
         return rgb.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def class_names(num_classes: int) -> list[str]:
-    """Names of a net's K outputs: the VOC labels (K = 21), the VOC objects without background
-    (K = 20, the localizer's ``num_classes=20``), otherwise ``class <k>``."""
-    if num_classes == NUM_CLASSES:
-        return list(VOC_CLASSES)
-    if num_classes == NUM_CLASSES - 1:
-        return list(VOC_CLASSES[1:])
-    return [f"class {k}" for k in range(num_classes)]
+def class_names(ckpt: dict[str, Any], num_classes: int) -> list[str]:
+    """Names of a net's K outputs, as the checkpoint records them (a localizer's class logits
+    start after the background); ``class <k>`` where the counts disagree."""
+    names = list(checkpoint_classes(ckpt)[0])
+    if len(names) != num_classes:
+        names = list(checkpoint_logit_names(ckpt))
+    return names if len(names) == num_classes else [f"class {k}" for k in range(num_classes)]
 
 
 def class_indices(chosen: Any, names: list[str], key: str) -> list[int] | None:

@@ -25,8 +25,9 @@ from seg.explain.figures import Figure, save, timer
 from seg.explain.options import plain
 from seg.explain.patches import draw_grid, top_patches
 from seg.inference import predict_probs, scores_to_mask
+from seg.models import CLS
 from seg.outputs import overlay
-from seg.predict import run_localizer, safe_stem
+from seg.predict import safe_stem
 from seg.utils import atomic_write_bytes, write_json
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def _predict(ctx: Context, image: np.ndarray) -> tuple:
     (H, W) (None for class logits) and per class its predicted pixels (or probability) (K,)."""
     x = ctx.pixels(image, ctx.device)
     if ctx.classify:
-        return x, None, run_localizer(ctx.net, x)["probs"].cpu()
+        return x, None, ctx.net(x)[CLS].float().softmax(-1)[0].cpu()  # (K,)
     mask = scores_to_mask(predict_probs(ctx.net, x, ctx.infer), image.shape[:2])[0]
     return x, mask, torch.bincount(mask.flatten().cpu(), minlength=len(ctx.names))
 
@@ -196,7 +197,9 @@ def _cam_one(ctx: Context, image: np.ndarray, chosen: list[int] | None) -> tuple
     classes = _shown(ctx, scores, chosen)
     header = [("image", image)]
     if mask is not None:
-        header.append(("prediction", np.asarray(overlay(image, mask.cpu().numpy()))))
+        header.append(
+            ("prediction", np.asarray(overlay(image, mask.cpu().numpy(), None, ctx.names)))
+        )
     weight = 1 - float(ctx.cfg.cam.alpha)
     cols = max(len(header), len(classes), 1)
     rows = 1 + len(ctx.cam_layers)

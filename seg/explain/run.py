@@ -89,7 +89,7 @@ def build(cfg: DictConfig, what: list[str]) -> Context:
     k, classify = outputs(net)
     cam_names = plain(cfg.cam.layers) or [catalogue.before_classifier(k)]
     cam_layers = [catalogue.layers[n] for n in catalogue.resolve(cam_names, "cam.layers")]
-    names = class_names(k)
+    names = class_names(ckpt, k)
     if plain(cfg.maximize.classes) not in ("all", "predicted"):
         class_indices(plain(cfg.maximize.classes), names, "maximize.classes")
     class_indices(plain(cfg.cam.classes), names, "cam.classes")

@@ -114,12 +114,24 @@ class Localizer(nn.Module):
         )
         self.cls_head = nn.Linear(hidden_channels, num_classes)
         self.box_head = nn.Linear(hidden_channels, 4 * (num_classes if per_class_box else 1))
+        self._init_box_prior()
         self.decoder: UNetDecoder | None = None
         if seg_decoder:
             if len(decoder_channels) != self.depth:
                 raise ValueError(f"need {self.depth} decoder_channels, got {decoder_channels}")
             self.decoder = UNetDecoder(encoder_channels[1:], tuple(decoder_channels))
             self.seg_head = nn.Conv2d(decoder_channels[-1], seg_classes, kernel_size=1)
+
+    def _init_box_prior(self) -> None:
+        """Start every box at the centred half-size box (x, y, w, h) = (.25, .25, .5, .5), with
+        small weights: from the default init, random sums of the hidden units push the
+        sigmoids into saturation, where the boxes stick at the full image or at a corner.
+        (A prior-probability bias, as in RetinaNet's classifier, https://arxiv.org/abs/1708.02002.)
+        """
+        prior = torch.logit(torch.tensor([0.25, 0.25, 0.5, 0.5]))
+        with torch.no_grad():
+            self.box_head.weight.mul_(0.01)
+            self.box_head.bias.copy_(prior.repeat(self.box_head.out_features // 4))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Args: x (B, 3, H, W), any H and W.
