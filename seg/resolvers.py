@@ -8,6 +8,9 @@ outputs from them (``conf/module/*.yaml``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from omegaconf import OmegaConf
 
 
@@ -84,4 +87,15 @@ def register() -> None:
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            OmegaConf.register_new_resolver(name, _as_config(fn))
+
+
+def _as_config(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` returning a ListConfig where it returns a list or tuple: ``OmegaConf.resolve``
+    cannot store a plain list in the node it resolves."""
+
+    def resolver(*args: Any) -> Any:
+        value = fn(*args)
+        return OmegaConf.create(list(value)) if isinstance(value, list | tuple) else value
+
+    return resolver

@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from seg.callbacks import StoreConfig
@@ -46,10 +47,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_resume(cfg.ckpt_path, module)  # a failed resume writes nothing into the run folder
     write_run_config(cfg, out)
 
+    loggers = instantiate_all(cfg.get("logger"))
     callbacks = [*instantiate_all(cfg.get("callbacks")), StoreConfig(resolved)]
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False
-    )
+    if not loggers:  # logger=none: Lightning refuses a learning-rate monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     with resumable_failures(callbacks):  # a full disk, a dead worker: the resume command
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.interrupted:

@@ -77,7 +77,7 @@ def bad_mask(problem: str) -> tuple[Image.Image | bytes, str]:
     if problem == "colours":
         rgb = voc_colours(m)
         rgb[3, 3] = (1, 2, 3)
-        return Image.fromarray(rgb), "non-VOC colours ['#010203']"
+        return Image.fromarray(rgb), "RGB mask has colours ['#010203'] that are not the dataset's"
     if problem == "16-bit values":
         wide = m.astype(np.uint16)
         wide[3, 3], wide[4, 4] = 300, 1000

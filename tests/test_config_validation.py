@@ -10,6 +10,7 @@ from conftest import EXPERIMENTS, MODELS, REPO, run_entry
 from conftest import compose as cfg_of
 from hydra.errors import MissingConfigException
 
+from seg import api as api_mod
 from seg import evaluate as evaluate_mod
 from seg import predict as predict_mod
 from seg import train as train_mod
@@ -100,29 +101,32 @@ CASES = {  # id: (config, overrides, the problems reported, in order)
         ["model.net.num_classes=20", "model.class_weights=[1,2]", "model.dice_weight=-1"],
         [
             "model.dice_weight=-1 must be >= 0",
-            "model.net.num_classes=20 must be 21 (the VOC labels 0..20)",
+            "model.net.num_classes=20 must be 21 (the 21 classes of data.classes)",
             "model.class_weights has 2 entries for 21 classes",
         ],
     ),
     "module classes": (
         "train",
         ["model.num_classes=10"],
-        ["model.num_classes=10 must be 21 (the VOC labels 0..20)"],
+        [
+            "model.num_classes=10 must be 21 (the 21 classes of data.classes)",
+            "model.net.num_classes=10 must be 21 (the 21 classes of data.classes)",
+        ],
     ),
     "nested classes": (
         "train",
         ["model=dilation_context", "model.net.frontend.num_classes=5"],
         [
-            "model.net.frontend.num_classes=5 must be 21 (the VOC labels 0..20)",
-            "model.net.context.num_classes=5 must be 21 (the VOC labels 0..20)",
+            "model.net.frontend.num_classes=5 must be 21 (the 21 classes of data.classes)",
+            "model.net.context.num_classes=5 must be 21 (the 21 classes of data.classes)",
         ],
     ),
     "localizer classes": (
         "train",
         ["model=localizer", "model.net.num_classes=21", "model.net.seg_classes=5"],
         [
-            "model.net.num_classes=21 must equal model.num_classes=20",
-            "model.net.seg_classes=5 must be 21 (the VOC labels 0..20)",
+            "model.net.num_classes=21 must be 20 (the 21 classes of data.classes)",
+            "model.net.seg_classes=5 must be 21 (the 21 classes of data.classes)",
         ],
     ),
     "trainer": (
@@ -189,7 +193,7 @@ def test_predict_checks_inference_options_first(tmp_path: Path, capsys, monkeypa
     cfg = cfg_of(
         "predict", "ckpt=x.ckpt", f"input={tmp_path}", f"output={out}", "inference.stride=600"
     )
-    monkeypatch.setattr(predict_mod, "load_checkpoint", lambda path: pytest.fail("loaded"))
+    monkeypatch.setattr(api_mod, "load_checkpoint", lambda path: pytest.fail("loaded"))
     with pytest.raises(SystemExit) as exit_:
         run(predict_mod.predict, cfg)
     assert exit_.value.code == 2

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DistributedSampler
 
 from seg.data.datamodule import ShardSampler, VOCDataModule, pad_collate, seed_worker_transform
-from seg.errors import DatasetNotFoundError
+from seg.errors import ConfigError, DatasetNotFoundError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -53,7 +53,7 @@ def _dm(root: Path, **kw) -> VOCDataModule:
 def test_setup_and_batches(sample_root):
     dm = _dm(sample_root)
     dm.setup("fit")
-    assert dm.num_classes == 21 and dm.class_names[15] == "person"
+    assert dm.num_classes == 21 and dm.classes[15] == "person"
     assert (len(dm.data_train), len(dm.data_eval)) == (48, 16)
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 160, 160) and batch["image"].dtype == torch.float32
@@ -63,6 +63,26 @@ def test_setup_and_batches(sample_root):
     item = dm.data_eval[0]
     assert val["image"].shape == (1, 3, *item["mask"].shape)  # full size, not cropped
     assert val["id"] == [item["id"]]
+
+
+@pytest.mark.parametrize("stages", [("fit", "test"), ("test", "fit")])
+def test_folds_hold_out_every_kth_id_of_the_training_list(sample_root, stages):
+    whole = _dm(sample_root)
+    whole.setup("fit")
+    ids = sorted(whole.data_train.ids)  # the 48 ids of the train list
+    dm = _dm(sample_root, folds=4, fold=1)
+    for stage in stages:  # the split is the same whichever stage comes first
+        dm.setup(stage)
+    assert sorted(dm.data_eval.ids) == ids[1::4] and len(dm.data_eval.ids) == 12
+    assert sorted(dm.data_train.ids) == sorted(set(ids) - set(ids[1::4]))
+    held = dm.data_eval[0]
+    assert held["image"].shape[-2:] == held["mask"].shape  # evaluation transform: full size
+
+
+@pytest.mark.parametrize("folds, fold", [(1, 0), (4, 4), (4, -1)])
+def test_bad_fold_is_one_line(sample_root, folds, fold):
+    with pytest.raises(ConfigError, match=r"data.fold=.* must be in 0..data.folds-1"):
+        _dm(sample_root, folds=folds, fold=fold)
 
 
 def test_generate_sample_in_prepare_data(tmp_path):

@@ -31,6 +31,8 @@ OFFLINE = {
         "augment.crop_size=64",
     ],
     "unet_resnet34_voc_aug": ["model.net.encoder.weights=null"],
+    "localization_quickstart": ["data=sample_loc"],
+    "finetune_voc_mini": ["model.net.encoder.weights=null", "data.train_split=train"],
 }
 
 #: Staged experiments: the key of the checkpoint they start from, and the experiment whose net

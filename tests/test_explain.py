@@ -208,6 +208,7 @@ STAGES = {
     "unet_mobilenetv2": ("encoder.features.1", "encoder.features.18", 2, 32),
     "unet_resnet34": ("encoder.relu", "encoder.layer4", 2, 32),
     "localizer": ("encoder.relu", "encoder.layer4", 2, 32),
+    "localizer_mobilenetv2": ("encoder.features.1", "encoder.features.18", 2, 32),
     "fcn8s_resnet50": ("encoder.relu", "encoder.layer4", 2, 32),
     "unet": ("encoder.blocks.0", "encoder.blocks.4", 1, 16),
     "fcn8s": ("encoder.features.16", "encoder.fc7", 8, 32),

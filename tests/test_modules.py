@@ -316,8 +316,13 @@ def test_localization_loss_label_offset_and_perfect_box() -> None:
     )
     assert terms["smooth_l1"].item() == 0.0
     assert terms["giou"].item() == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="num_classes"):
-        LocalizationModule(TinyLocNet(), num_classes=10)
+    offset0 = LocalizationModule(TinyLocNet(), label_offset=0)  # logits include the background
+    terms = offset0.loss(
+        {"cls": logits, "box": batch["box"].clone()}, {**batch, "label": torch.tensor([1, 19])}
+    )
+    assert terms["cls"].item() == pytest.approx(
+        F.cross_entropy(logits, torch.tensor([1, 19])).item()
+    )
     with pytest.raises(ValueError, match="mask"):
         LocalizationModule(TinyLocNet(), seg_weight=1.0).loss({"cls": logits, **batch}, batch)
 

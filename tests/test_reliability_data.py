@@ -16,7 +16,7 @@ with a 1x1-convolution checkpoint on a tiny VOC-layout folder (``voc_root`` of
 | all-void ground truth | exit 0, a warning line, every metric `null` in `metrics.json` (`fw_IoU` too) | `test_all_void_ground_truth_gives_null_metrics_and_a_warning` |
 | empty split list | exit 2, `error: <list>: the split list is empty (no ids)` (was `KeyError: 'per_class_IoU'`) | `test_unusable_split_lists_are_one_line[empty]` |
 | `data.split=tarin` | exit 2, `... no split 'tarin'; the splits in <folder> are: train, val` (was an offer to download 2 GB) | `test_unusable_split_lists_are_one_line[typo]` |
-| `data.root` at `VOC2012` itself | exit 2, `data.root=.../VOC2012 is the VOC2012 folder itself; set data.root=<its parent>` | `test_unusable_split_lists_are_one_line[root at VOC2012]` |
+| `data.root` at `VOC2012` itself | exit 0: a folder with `JPEGImages/` is a root (your own data's layout), the same scores as its parent | `test_root_at_the_voc2012_folder_reads_the_same_data` |
 | a list that is not UTF-8 | exit 2, `<list>: not UTF-8 text (...)` | `test_unusable_split_lists_are_one_line[latin-1]` |
 | UTF-8 BOM, Windows line ends, ids with a space, `Main` flag column | read as written: the BOM is dropped, the whole line is the id | `test_split_lists_read_as_written` |
 | an id whose file is missing | `<folder>/JPEGImages/my photo.jpg: file not found`: the name as written | `test_split_lists_read_as_written` |
@@ -190,19 +190,40 @@ def _split_case(root: Path, case: str) -> tuple[list[str], str]:
     if case == "latin-1":
         (lists / "val.txt").write_bytes("caf\xe9\n".encode("latin-1"))
         return [], f"error: {lists / 'val.txt'}: not UTF-8 text (invalid continuation byte"
-    voc = root / "VOC2012"
-    return [f"data.root={voc}"], (
-        f"error: data.root={voc} is the VOC2012 folder itself; set data.root={root} (the folder "
-        "that contains VOC2012/)"
-    )
+    raise ValueError(case)
 
 
-@pytest.mark.parametrize("case", ["empty", "typo", "latin-1", "root at VOC2012"])
+@pytest.mark.parametrize("case", ["empty", "typo", "latin-1"])
 def test_unusable_split_lists_are_one_line(case, ckpt, tmp_path, capsys):
     root = voc_root(tmp_path / "data", {"a": palette_png(labels())})
     overrides, expected = _split_case(root, case)
     assert evaluate_cli(ckpt, root, tmp_path / "eval", *overrides) == 2
     assert one_line(capsys).startswith(expected)
+
+
+def test_the_sample_never_replaces_a_dataset(tmp_path, capsys):
+    root = voc_root(tmp_path / "data", {i: palette_png(labels()) for i in "ab"})
+    before = sorted(p.name for p in (root / "VOC2012/JPEGImages").iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        run(train, quick_cfg(tmp_path / "run", root))  # experiment=quickstart: data=sample
+    assert exit_.value.code == 2
+    assert one_line(capsys) == (
+        f"error: data.root={root}: holds a VOC2012/ that is not the generated sample, which "
+        "would replace it; for your own data use data=voc or data=custom, else another data.root"
+    )
+    assert sorted(p.name for p in (root / "VOC2012/JPEGImages").iterdir()) == before
+
+
+def test_root_at_the_voc2012_folder_reads_the_same_data(ckpt, tmp_path):
+    """A folder with ``JPEGImages/`` in it is a dataset root (your own data's layout), so
+    ``data.root=.../VOC2012`` scores what its parent does."""
+    root = voc_root(tmp_path / "data", {"a": palette_png(labels()), "b": palette_png(labels())})
+    for name, data_root in (("parent", root), ("voc2012", root / "VOC2012")):
+        assert evaluate_cli(ckpt, data_root, tmp_path / name) == 0
+    parent, voc = (
+        json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("parent", "voc2012")
+    )
+    assert voc["num_images"] == parent["num_images"] == 2 and voc["mIoU"] == parent["mIoU"]
 
 
 def test_split_lists_read_as_written(tmp_path):
@@ -226,7 +247,7 @@ def test_split_lists_read_as_written(tmp_path):
 def test_overlapping_train_and_val_lists_are_one_line(tmp_path, capsys):
     root = voc_root(tmp_path / "data", {i: palette_png(labels()) for i in "abv"}, val="v")
     (root / "VOC2012/ImageSets/Segmentation/val.txt").write_text("v\na\n")
-    cfg = quick_cfg(tmp_path / "run", root)
+    cfg = quick_cfg(tmp_path / "run", root, "data.generate_sample=null")
     with pytest.raises(SystemExit) as exit_:
         run(train, cfg)
     assert exit_.value.code == 2

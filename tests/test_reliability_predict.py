@@ -32,6 +32,7 @@ from PIL import Image
 from test_bad_input import colour_ckpt, mask_of, predict, quadrants, red_mask  # noqa: F401
 from test_localization import fixed_box_ckpt  # noqa: F401
 
+from seg import api
 from seg import predict as P
 from seg.cli import run
 from seg.manifest import NAME as MANIFEST
@@ -140,7 +141,7 @@ def test_interrupted_run_resumes_from_the_manifest(colour_ckpt, tmp_path, monkey
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     save_photos(src, [f"{i}.png" for i in range(5)])
-    segment = P.predict_mask
+    segment = api.predict_mask
 
     def interrupted(*args):
         if interrupted.calls == 2:
@@ -149,10 +150,10 @@ def test_interrupted_run_resumes_from_the_manifest(colour_ckpt, tmp_path, monkey
         return segment(*args)
 
     interrupted.calls = 0
-    monkeypatch.setattr(P, "predict_mask", interrupted)
+    monkeypatch.setattr(api, "predict_mask", interrupted)
     assert predict(colour_ckpt, src, out) == 130
     assert sorted(manifest_map(out).values()) == ["0", "1"]
-    monkeypatch.setattr(P, "predict_mask", segment)
+    monkeypatch.setattr(api, "predict_mask", segment)
     assert predict(colour_ckpt, src, out) == 0
     assert "3 written, 2 already done" in capsys.readouterr().out
 
@@ -196,7 +197,7 @@ def test_corrupt_boxes_files_are_rebuilt(fixed_box_ckpt, tmp_path, caplog):  # n
 
 def test_output_that_is_a_file_is_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "masks").write_text("a file")
-    monkeypatch.setattr(P, "load_checkpoint", lambda path: pytest.fail("the checkpoint was read"))
+    monkeypatch.setattr(api, "load_checkpoint", lambda path: pytest.fail("the checkpoint was read"))
     code = predict(tmp_path / "x.ckpt", tmp_path, tmp_path / "masks" / "sub")
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err

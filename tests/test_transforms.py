@@ -81,10 +81,15 @@ def test_loc_preset_moves_box(sample_root):
     t = load_preset("loc", "train")
     t.set_random_seed(0)
     train = VOCLocalization(sample_root, "val", list_dir="Segmentation", transform=t)
-    flips = set()
-    for _ in range(8):
-        x, y, w, h = train[0]["box"]
-        x0, y0, w0, h0 = plain[0]["box"]
-        assert np.isclose(y, y0, atol=1e-5) and np.isclose(w, w0, atol=1e-5)
-        flips.add(bool(np.isclose(x, 1 - x0 - w0, atol=1e-5) and not np.isclose(x, x0)))
-    assert flips == {True, False}  # flipped sometimes, and then the box moved with the image
+    x0, y0, w0, h0 = plain[0]["box"]
+    moved, scales = 0, []
+    for _ in range(16):
+        item = train[0]
+        x, y, w, h = item["box"]
+        assert item["image"].shape == (3, 224, 224)
+        assert min(x, y) >= 0 and max(x + w, y + h) <= 1 + 1e-6  # clipped to the image
+        moved += not np.allclose((x, y, w, h), (x0, y0, w0, h0), atol=1e-3)
+        if min(x, y) > 0 and max(x + w, y + h) < 1:  # not clipped: scaled by 0.75..1.25
+            scales.append(w / w0)
+    assert moved >= 8 and scales  # shifted, scaled or flipped most of the time
+    assert all(0.74 <= s <= 1.26 for s in scales) and max(scales) - min(scales) > 0.1

@@ -86,7 +86,9 @@ def test_rgb_and_16bit_masks(voc_sample_root, tmp_path):
     arr = np.asarray(rgb).copy()
     arr[0, 0] = (1, 2, 3)  # not a VOC colour
     Image.fromarray(arr).save(tmp_path / "bad.png")
-    with pytest.raises(BadSampleError, match=r"bad\.png.*non-VOC colours"):
+    with pytest.raises(
+        BadSampleError, match=r"bad\.png: RGB mask has colours .* not the dataset's"
+    ):
         read_mask(tmp_path / "bad.png")
 
 

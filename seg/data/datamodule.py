@@ -140,6 +140,11 @@ class VOCDataModule(L.LightningDataModule):
             over ``batch_size / world_size / micro_batch_size`` of them. None: no accumulation.
         classes: the dataset's class names (index = label value); VOC's 21 when None.
         palette: RGB colour of each label (masks saved in colours); VOC's when None.
+        folds: cross-validation inside ``train_split``: its ids, sorted, are dealt into
+            ``folds`` folds (id i to fold i mod ``folds``); fold ``fold`` is the evaluation set
+            (read like the training set, with ``eval_transform``) and the others train. None:
+            train on ``train_split`` and evaluate on ``split``.
+        fold: the held-out fold, 0 .. ``folds`` - 1.
     """
 
     def __init__(
@@ -163,6 +168,8 @@ class VOCDataModule(L.LightningDataModule):
         classes: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
         micro_batch_size: int | None = None,
+        folds: int | None = None,
+        fold: int = 0,
     ):
         super().__init__()
         self.root = Path(root)
@@ -178,6 +185,10 @@ class VOCDataModule(L.LightningDataModule):
         self.generate_sample = dict(generate_sample) if generate_sample is not None else None
         self.classes = tuple(classes or VOC_CLASSES)
         self.palette = [list(c) for c in palette] if palette else None
+        if folds is not None and not (folds >= 2 and 0 <= fold < folds):
+            raise ConfigError(f"data.fold={fold} must be in 0..data.folds-1 with data.folds >= 2")
+        self.folds, self.fold = folds, fold
+        self._held: set[str] | None = None  # the held-out fold's ids
         self.data_train: Dataset | None = None
         self.data_eval: Dataset | None = None
 
@@ -199,12 +210,30 @@ class VOCDataModule(L.LightningDataModule):
                 self.train_dataset, self.train_split, self.train_transform
             )
         if self.data_eval is None:
-            self.data_eval = self._build(self.dataset, self.split, self.eval_transform)
+            held_out = self.folds is not None  # a fold of train_split, read like the training set
+            factory = self.train_dataset if held_out else self.dataset
+            split = self.train_split if held_out else self.split
+            self.data_eval = self._build(factory, split, self.eval_transform)
             self.data_eval.drop_bad = True  # skip_bad drops a bad sample, never scores another
+        if self.folds is not None:
+            self._split_folds()
         if stage in (None, "fit"):
             train_ids, eval_ids = (getattr(d, "ids", ()) for d in (self.data_train, self.data_eval))
             check_no_leak(train_ids, eval_ids, f"{self.train_split!r} training")
             self._set_accumulation()
+
+    def _split_folds(self) -> None:
+        """Keep the training folds in ``data_train`` and the held-out fold in ``data_eval``."""
+        if self._held is None:  # from the whole list, once
+            ids = sorted(self.data_eval.ids)
+            if len(ids) < self.folds:
+                raise ConfigError(
+                    f"data.folds={self.folds}: {self.train_split!r} has only {len(ids)} ids"
+                )
+            self._held = set(ids[self.fold :: self.folds])
+        self.data_eval.ids = [i for i in self.data_eval.ids if i in self._held]
+        if self.data_train is not None:
+            self.data_train.ids = [i for i in self.data_train.ids if i not in self._held]
 
     @property
     def batch_plan(self) -> BatchPlan:

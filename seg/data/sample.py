@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from seg.constants import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
+from seg.errors import DatasetError
 
 #: (VOC label, RGB colour, shape) of the drawn classes.
 SAMPLE_CLASSES: tuple[tuple[int, tuple[int, int, int], str], ...] = (
@@ -167,9 +168,18 @@ def make_sample(
 
     Returns:
         ``Path(root)``.
+
+    Raises:
+        DatasetError: ``<root>/VOC2012`` exists and is not a generated sample.
     """
     root = Path(root)
     params = _params(n_train=n_train, n_val=n_val, seed=seed, min_size=min_size, max_size=max_size)
+    voc = root / "VOC2012"
+    if voc.exists() and not (voc / _MARKER).is_file():  # never replace data that is not ours
+        raise DatasetError(
+            f"data.root={root}: holds a VOC2012/ that is not the generated sample, which would "
+            "replace it; for your own data use data=voc or data=custom, else another data.root"
+        )
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".VOC2012.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -236,11 +236,6 @@ class _VOCBase(Dataset):
     def _require(self, path: Path, sbd: bool = False) -> Path:
         if _exists(path):
             return path
-        if not _exists(self.voc) and _exists(self.root / "JPEGImages"):
-            raise DatasetError(
-                f"data.root={self.root} is the VOC2012 folder itself; set data.root="
-                f"{self.root.parent} (the folder that contains VOC2012/)"
-            )
         raise dataset_not_found(self.root, path, sbd=sbd)
 
     def _split_list(self) -> Path:

@@ -117,6 +117,12 @@ def _weight_layer(name: str, channels: int, done: list[tuple[str, nn.Module]]) -
 
 
 @torch.no_grad()
+def passes(net: nn.Module, name: str) -> bool:
+    """Whether module ``name`` hands its input on at inference (an identity or a dropout): never
+    a stage end, even when it runs last (the U-Net's dropout at the end of the contracting path)."""
+    return isinstance(net.get_submodule(name), nn.Identity | nn.modules.dropout._DropoutNd)
+
+
 def probe(net: nn.Module, size: int = PROBE_SIZE) -> Catalogue:
     """Find the explainable layers of ``net`` with one forward pass on a blank image.
 
@@ -164,7 +170,7 @@ def probe(net: nn.Module, size: int = PROBE_SIZE) -> Catalogue:
     # single-run module that returned the very tensor the encoder returned.
     stages = []
     for feature in features:
-        owners = [n for n, out in maps if out is feature and n in layers]
+        owners = [n for n, out in maps if out is feature and n in layers and not passes(net, n)]
         if owners and owners[-1] not in stages:
             stages.append(owners[-1])
     first_conv = next((n for n, m in done if isinstance(m, nn.Conv2d) and m.in_channels == 3), None)

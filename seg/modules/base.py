@@ -62,6 +62,8 @@ class BaseModule(L.LightningModule):
         scheduler_interval: Step the scheduler every "step" or every "epoch".
         scheduler_monitor: The logged score a ``ReduceLROnPlateau`` scheduler watches (e.g.
             ``val/loc_acc``; its ``mode`` says whether higher is better).
+        score: The validation score that says which model is best (higher is better);
+            ``callbacks.model_checkpoint.monitor`` follows it.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class BaseModule(L.LightningModule):
         channels_last: bool = True,
         scheduler_interval: str = "step",
         scheduler_monitor: str | None = None,
+        score: str = "val/mIoU",
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
