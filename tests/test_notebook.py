@@ -22,6 +22,7 @@ def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nbclient import NotebookClient
 
     monkeypatch.setenv("SEG_NOTEBOOK_EPOCHS", "1")
+    monkeypatch.setenv("SEG_NOTEBOOK_LOC_EPOCHS", "1")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(
         nb,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import colorsys
 
 import numpy as np
+import pytest
 from PIL import Image
 from scipy import ndimage
 
 from seg.data.sample import SAMPLE_CLASSES, ensure_sample, is_complete, make_sample
 from seg.data.voc import VOCSegmentation, read_ids
+from seg.errors import DatasetError
 
 LABELS = {cls for cls, _, _ in SAMPLE_CLASSES}
 
@@ -85,7 +87,8 @@ def test_ensure_sample_is_idempotent(tmp_path):
     assert jpg.stat().st_mtime_ns == stamp  # not regenerated
     ensure_sample(tmp_path, n_train=3, n_val=1)  # different parameters: regenerated
     assert len(read_ids(root / "VOC2012/ImageSets/Segmentation/train.txt")) == 3
-    (root / "VOC2012/.complete").unlink()  # an interrupted run is redone
+    (root / "VOC2012/.complete").unlink()  # not (or no longer) ours: never replaced
     assert not is_complete(root, n_train=3, n_val=1)
-    ensure_sample(tmp_path, n_train=3, n_val=1)
-    assert is_complete(root, n_train=3, n_val=1)
+    with pytest.raises(DatasetError, match="holds a VOC2012/ that is not the generated sample"):
+        ensure_sample(tmp_path, n_train=3, n_val=1)
+    assert len(list((root / "VOC2012/JPEGImages").iterdir())) == 4

@@ -89,7 +89,7 @@ def test_loc_preset_moves_box(sample_root):
         assert item["image"].shape == (3, 224, 224)
         assert min(x, y) >= 0 and max(x + w, y + h) <= 1 + 1e-6  # clipped to the image
         moved += not np.allclose((x, y, w, h), (x0, y0, w0, h0), atol=1e-3)
-        if min(x, y) > 0 and max(x + w, y + h) < 1:  # not clipped: scaled by 0.75..1.25
+        if min(x, y) > 0 and max(x + w, y + h) < 1:  # not clipped: scaled by 0.75..1
             scales.append(w / w0)
-    assert moved >= 8 and scales  # shifted, scaled or flipped most of the time
-    assert all(0.74 <= s <= 1.26 for s in scales) and max(scales) - min(scales) > 0.1
+    assert moved >= 8 and scales  # shrunk or flipped most of the time
+    assert all(0.74 <= s <= 1.01 for s in scales) and max(scales) - min(scales) > 0.1
