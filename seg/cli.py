@@ -13,6 +13,7 @@ images failed).
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -57,6 +58,9 @@ def run(task: Callable[[Any], Any], cfg: Any, validate: bool = True) -> Any:
     """
     from seg.validate import validate_config
 
+    # Library warnings go to the run's log (Hydra's: the console and <run>/<task>.log), so that
+    # stderr carries nothing but the error line of a failure.
+    logging.captureWarnings(True)
     try:
         if validate:
             validate_config(cfg)
