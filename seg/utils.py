@@ -23,11 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def output_dir(cfg: DictConfig) -> Path:
-    """The run folder: Hydra's, or ``cfg.paths.output_dir`` outside a Hydra app."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
+    """The run folder, ``cfg.paths.output_dir``: Hydra's run folder unless it is overridden, so
+    that ``metrics.json`` and the config files land beside the checkpoints and logs."""
     return Path(cfg.paths.output_dir)
 
 

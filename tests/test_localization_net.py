@@ -24,6 +24,17 @@ def test_class_agnostic_outputs(size: tuple[int, int]) -> None:
     assert (out["box"] >= 0).all() and (out["box"] <= 1).all()
 
 
+@pytest.mark.parametrize("per_class_box", [False, True])
+def test_untrained_boxes_start_at_the_centred_prior(per_class_box: bool) -> None:
+    """Not saturated at the full image or a corner, whatever the input (the default init's
+    random sums did that, and the boxes never left it)."""
+    net = make(num_classes=20, per_class_box=per_class_box).eval()
+    out = net(torch.randn(4, 3, 96, 128) * 3)
+    boxes = out["box_all"] if per_class_box else out["box"]  # (4, 20, 4) / (4, 4)
+    prior = torch.tensor([0.25, 0.25, 0.5, 0.5])
+    assert (boxes - prior).abs().max() < 0.05
+
+
 def test_box_is_a_sigmoid_of_the_regressor() -> None:
     net = make().eval()
     with torch.no_grad():
