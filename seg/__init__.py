@@ -1,13 +1,8 @@
 """seg: semantic segmentation and single-object localization on PASCAL VOC."""
 
-import warnings
-
 from seg.resolvers import register as _register_resolvers
 
 _register_resolvers()
-# Lightning 2.6 calls a torch API that torch 2.14 deprecates, once per run: noise on the one
-# stderr line that a failure is promised to be (README, "When things go wrong").
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 __version__ = "0.1.0"
 

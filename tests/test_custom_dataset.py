@@ -77,13 +77,16 @@ def test_classes_and_palette_come_from_the_dataset_files(dataset: Path, tmp_path
         dataset_classes(tmp_path)
 
 
+def train_on(dataset: Path, run: Path, *overrides: str) -> Path:
+    """``python train.py data.root=<dataset> ...`` (batch 4, CSV log) into ``run``."""
+    run_entry("train.py", f"data.root={dataset}", "data.batch_size=4", "data.num_workers=0",
+              "logger=csv", f"hydra.run.dir={run}", *overrides)  # fmt: skip
+    return run
+
+
 def test_train_evaluate_predict_export_follow_the_dataset(dataset: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    run_entry(
-        "train.py", "data=custom", f"data.root={dataset}", "model=unet_mobilenetv2",
-        "augment=sample", "augment.crop_size=48", "data.batch_size=4", "data.num_workers=0",
-        "trainer.max_epochs=2", "logger=csv", f"hydra.run.dir={run}",
-    )  # fmt: skip
+    run = train_on(dataset, tmp_path / "run", "data=custom", "model=unet_mobilenetv2",
+                   "augment=sample", "augment.crop_size=48", "trainer.max_epochs=2")  # fmt: skip
     ckpt = run / "checkpoints" / "last.ckpt"
     metrics = json.loads((run / "metrics.json").read_text())
     assert list(metrics["per_class_IoU"]) == CLASSES
@@ -136,12 +139,8 @@ def test_a_label_outside_the_classes_names_the_file(dataset: Path, tmp_path: Pat
 
 
 def test_localization_on_a_custom_xml_dataset(dataset: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    run_entry(
-        "train.py", "data=custom_loc", f"data.root={dataset}", "model=localizer_mobilenetv2",
-        "augment=loc", "augment.crop_size=64", "data.batch_size=4", "data.num_workers=0",
-        "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={run}",
-    )  # fmt: skip
+    run = train_on(dataset, tmp_path / "run", "data=custom_loc", "model=localizer_mobilenetv2",
+                   "augment=loc", "augment.crop_size=64", "trainer.max_epochs=1")  # fmt: skip
     ckpt = run / "checkpoints" / "last.ckpt"
     out = tmp_path / "pred"
     run_entry("predict.py", f"ckpt={ckpt}", f"input={dataset / 'JPEGImages'}", f"output={out}")
