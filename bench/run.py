@@ -11,7 +11,10 @@ arms measured in the same run, one after the other, because a shared machine is 
    (``bench/peer.py``) -> ``vs_torchvision_reference``, plus the loss curves;
 4. the train input pipeline (decode + augment) vs the model's consumption -> ``loader_vs_model``;
 5. ``predict.py`` end to end vs the model alone -> ``predict_vs_model``;
-6. peak RSS of a fresh training process at batch 8, crop 320 -> ``peak_rss_mb``.
+6. peak RSS of a fresh training process at batch 8, crop 320 -> ``peak_rss_mb``;
+7. ``evaluate.py`` and ``predict.py`` as subprocesses: start-up and cost per image
+   (``evaluate_vs_predict``), and ``predict.py`` compiled, cold and warm inductor cache, with
+   its masks' agreement with eager's (``bench/entrypoints.py``).
 
 Usage::
 
@@ -26,12 +29,21 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import peer
 import torch
 from common import REPO, machine
-from endtoend import data_root, loader_rates, peak_rss_mb, predict_vs_model, synthetic_root
+from endtoend import (
+    data_root,
+    loader_rates,
+    make_checkpoint,
+    peak_rss_mb,
+    predict_vs_model,
+    synthetic_root,
+)
+from entrypoints import entry_points
 from hydra.utils import instantiate
 from report import markdown, update_readme
 from timing import (
@@ -45,6 +57,8 @@ from timing import (
     seg_step_times,
 )
 
+from seg.inference.compiled import has_batch_norm
+
 MODELS = ("unet_resnet34", "fcn8s", "dilation_context")
 #: (batch, crop, warm-up steps, timed steps, rounds) per mode; --quick shrinks the VGG nets.
 FULL = {m: (8, 320, 1, 3, 2) for m in MODELS}
@@ -52,6 +66,8 @@ QUICK = {"unet_resnet34": (8, 320, 1, 3, 2), "fcn8s": (4, 192, 1, 3, 2)}
 QUICK["dilation_context"] = (2, 160, 1, 2, 2)
 SMOKE = {m: (2, 64, 1, 1, 1) for m in MODELS}
 #: (crop, batch, steps, warm-up) of the torchvision-reference comparison per mode.
+#: (n1, n2) images of the evaluate.py / predict.py runs (start-up and per-image cost) per mode.
+ENTRY = {"full": (8, 32), "quick": (4, 16), "smoke": (1, 2)}
 PEER = {"full": (320, 8, 50, 5), "quick": (112, 4, 20, 3), "smoke": (64, 2, 4, 1)}
 
 
@@ -63,8 +79,11 @@ def train_row(
     steps: int,
     rounds: int,
     compile_inference: bool = False,
+    auto_compile: bool = True,
 ) -> dict:
-    """Plain loop vs seg's fit, and inference, for one model; rounds alternate the two arms."""
+    """Plain loop vs seg's fit, and inference (eager, and compiled for the nets that
+    ``inference.compile=auto`` compiles, or every net with ``compile_inference``), for one
+    model; rounds alternate the two training arms."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = compose_train([f"model={name}", f"trainer={'gpu' if device == 'cuda' else 'cpu'}"])
     bf16 = str(cfg.trainer.precision).startswith("bf16")
@@ -81,11 +100,15 @@ def train_row(
         plain += plain_step_times(net, x_plain, y, bf16, warmup + steps)[warmup:]
         torch.manual_seed(0)
         ours += seg_step_times(cfg, x.cpu(), y.cpu(), warmup + steps)[warmup:]
-    infer = inference_times(net.eval(), x, bf16, layout == torch.channels_last, warmup + steps + 1)
+    channels_last = layout == torch.channels_last
+    infer = inference_times(net.eval(), x, bf16, channels_last, warmup + steps + 1)
     plain_s, seg_s, infer_s = (statistics.median(v) for v in (plain, ours, infer[warmup:]))
-    compiled_s = None
-    if compile_inference:
-        compiled_s = statistics.median(compiled_inference_times(net, x, bf16, steps + 1)[1:])
+    compiled_s = compile_s = None
+    # The nets inference.compile=auto compiles (all with compile_inference; none in smoke runs).
+    if compile_inference or (auto_compile and has_batch_norm(net)):
+        times = compiled_inference_times(net, x, bf16, channels_last, steps + 1)
+        compiled_s = statistics.median(times[1:])
+        compile_s = times[0] - compiled_s
     return {
         "model": name,
         "batch": batch,
@@ -98,21 +121,21 @@ def train_row(
         "train_vs_plain": plain_s / seg_s,
         "infer_img_s": batch / infer_s,
         "compiled_infer_img_s": compiled_s and batch / compiled_s,
+        "compile_s": compile_s,
     }
 
 
 def with_roofline(row: dict, peak) -> dict:
     """``row`` plus achieved FLOP/s as fractions of ``peak(bf16)`` (training = 3x forward)."""
     per_image, rate = row["gflops_fwd"] * 1e9 / row["batch"], peak(row["bf16"])
+    # Inference as a long run gets it: compiled where inference.compile=auto compiles.
+    infer_img_s = row["compiled_infer_img_s"] or row["infer_img_s"]
     fractions = {
         "train_roofline_fraction": 3 * per_image * row["seg_img_s"] / rate,
         "plain_roofline_fraction": 3 * per_image * row["plain_img_s"] / rate,
-        "infer_roofline_fraction": per_image * row["infer_img_s"] / rate,
+        "infer_roofline_fraction": per_image * infer_img_s / rate,
+        "eager_infer_roofline_fraction": per_image * row["infer_img_s"] / rate,
     }
-    if row["compiled_infer_img_s"]:
-        fractions["compiled_infer_roofline_fraction"] = (
-            per_image * row["compiled_infer_img_s"] / rate
-        )
     return row | fractions
 
 
@@ -143,8 +166,7 @@ def run(args: argparse.Namespace) -> dict:
 
     rows = []
     for name in models:
-        compile_inference = args.compile and not rows  # the first model only: compiling is slow
-        row = train_row(name, *settings[name], compile_inference)
+        row = train_row(name, *settings[name], args.compile, auto_compile=not args.smoke)
         rates.append(roofline(device, args.smoke))  # re-measured between models
         rows.append(with_roofline(row, peak))
         print(f"  {name}: {rows[-1]}", flush=True)
@@ -158,6 +180,9 @@ def run(args: argparse.Namespace) -> dict:
     main = rows[0]
     predict = predict_vs_model(main["model"], root, *((1, 1) if args.smoke else (3, 3)))
     rss = peak_rss_mb(main["model"], *(settings[main["model"]][:2]))
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = make_checkpoint(main["model"], Path(tmp))
+        entry = entry_points(ckpt, *ENTRY[mode], compiled=not args.smoke)
     return {
         "mode": mode,
         "machine": info | {"device": device},
@@ -169,7 +194,10 @@ def run(args: argparse.Namespace) -> dict:
         "loader_vs_model": loader[args.workers] / main["seg_img_s"],
         "predict_vs_model": predict["ratio"],
         "peak_rss_mb": rss,
+        "evaluate_vs_predict": entry["evaluate_vs_predict_per_image"],
+        "startup_s": {k: entry[k]["startup_s"] for k in ("predict", "evaluate")},
         "details": {
+            "entry_points": entry | {"model": main["model"]},
             "models": rows,
             "peer": versus | {"crop": crop, "batch": batch, "steps": steps},
             "loader_img_s": {str(k): v for k, v in loader.items()},
@@ -194,7 +222,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="loader workers (seg's default)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument(
-        "--compile", action="store_true", help="also time torch.compile inference (first model)"
+        "--compile",
+        action="store_true",
+        help="time compiled inference of every model, not only "
+        "those inference.compile=auto compiles (nets with BatchNorm)",
     )
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     return parser.parse_args(argv)

@@ -175,26 +175,17 @@ def inference_times(
     return times
 
 
-def compiled_inference_times(net: nn.Module, x: Tensor, bf16: bool, steps: int) -> list[float]:
-    """Seconds per batch of ``torch.compile`` (inductor, ``freezing``: BatchNorm folded into the
-    convolutions, weights pre-packed for oneDNN) under inference mode; the first step compiles."""
-    import torch._inductor.config as inductor_config
+def compiled_inference_times(
+    net: nn.Module, x: Tensor, bf16: bool, channels_last: bool, steps: int, bucket: int = 32
+) -> list[float]:
+    """Seconds per batch of seg's compiled inference (``inference.compile=true``:
+    :func:`seg.inference.prepare_net`, inductor with freezing) through the same
+    ``predict_probs``; the first step compiles. ``bucket`` 32 (the nets' own padding) keeps the
+    bench's crops unpadded, so the FLOPs counted are the FLOPs run."""
+    from seg.inference import InferenceConfig, prepare_net
 
-    x = x.contiguous(memory_format=torch.channels_last)
-    with (
-        inductor_config.patch(freezing=True),
-        torch.inference_mode(),
-        autocast(x.device.type, bf16),
-    ):
-        compiled = torch.compile(net)
-        times = []
-        for _ in range(steps):
-            sync(x.device.type)
-            start = time.perf_counter()
-            compiled(x)
-            sync(x.device.type)
-            times.append(time.perf_counter() - start)
-    return times
+    cfg = InferenceConfig(autocast=bf16, channels_last=channels_last, compile=True, bucket=bucket)
+    return inference_times(prepare_net(net.eval(), cfg), x, bf16, channels_last, steps)
 
 
 def random_batch(batch: int, crop: int, device: str) -> tuple[Tensor, Tensor]:

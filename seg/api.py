@@ -36,6 +36,7 @@ from seg.inference import (
     normalise,
     predict_mask,
     predict_probs,
+    prepare_net,
 )
 from seg.models import has_seg_logits
 
@@ -69,10 +70,17 @@ class Model:
         ckpt: Path of a checkpoint written by ``train.py``.
         infer: Inference options (``inference_config()``: predict.py's defaults).
         device: Where the net runs; the GPU when there is one, by default.
+        images: How many images this model will predict, when known: with
+            ``inference.compile=auto`` it decides whether compiling pays (``predict.py`` passes
+            its input count; unknown stays eager).
     """
 
     def __init__(
-        self, ckpt: str | Path, infer: InferenceConfig, device: str | torch.device | None = None
+        self,
+        ckpt: str | Path,
+        infer: InferenceConfig,
+        device: str | torch.device | None = None,
+        images: int | None = None,
     ) -> None:
         loaded = load_checkpoint(ckpt)
         self.path = Path(ckpt)
@@ -84,6 +92,9 @@ class Model:
         #: Names of the class logits of a localization net; None for a segmentation net.
         self.logit_names = checkpoint_logit_names(loaded) if is_localization(loaded) else None
         self.predicts_masks = self.logit_names is None or self._has_mask_output()
+        # What inference runs: the net, or the net compiled (a localizer's inputs have one
+        # fixed size, so its shapes are never bucketed: padding would move its box).
+        self.runner = prepare_net(self.net, infer, images, bucket=self.logit_names is None)
 
     @torch.inference_mode()
     def _has_mask_output(self) -> bool:
@@ -107,8 +118,8 @@ class Model:
         """The mask (H, W) uint8 of an image, or, for a localization net, its box record."""
         rgb = self.rgb(image)
         if self.logit_names is None:
-            return predict_mask(self.net, rgb, self.transform, self.infer).numpy()
-        pred = localize(self.net, rgb, self.transform, self.infer)
+            return predict_mask(self.runner, rgb, self.transform, self.infer).numpy()
+        pred = localize(self.runner, rgb, self.transform, self.infer)
         record = box_record(pred, rgb.shape[:2], self.logit_names)
         return record | ({"mask": pred.mask.numpy()} if pred.mask is not None else {})
 
@@ -118,7 +129,7 @@ class Model:
             raise InputError(f"{self.path}: a localization checkpoint has no pixel probabilities")
         rgb = self.rgb(image)
         x = normalise(rgb, self.transform).to(self.device)
-        probs = predict_probs(self.net, x, self.infer)  # (1, C, h, w)
+        probs = predict_probs(self.runner, x, self.infer)  # (1, C, h, w)
         if probs.shape[-2:] != rgb.shape[:2]:  # a resizing eval transform: back to the image
             size = rgb.shape[:2]
             probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
@@ -126,7 +137,10 @@ class Model:
 
 
 def load(
-    ckpt: str | Path, overrides: Sequence[str] = (), device: str | torch.device | None = None
+    ckpt: str | Path,
+    overrides: Sequence[str] = (),
+    device: str | torch.device | None = None,
+    images: int | None = None,
 ) -> Model:
     """Load a checkpoint for prediction in Python; see the module docstring.
 
@@ -134,9 +148,11 @@ def load(
         ckpt: Path of a checkpoint written by ``train.py``.
         overrides: ``predict.py``'s inference / TTA options as Hydra overrides.
         device: Where the net runs (default: the GPU when there is one).
+        images: How many images you will predict, if known: ``inference.compile=auto`` compiles
+            the net when that repays the compile (``["inference.compile=true"]`` forces it).
 
     Raises:
         CheckpointError: The checkpoint cannot be used.
         ConfigError: An invalid inference option.
     """
-    return Model(ckpt, inference_config(overrides), device)
+    return Model(ckpt, inference_config(overrides), device, images)

@@ -2,25 +2,21 @@
 
 Every load uses ``torch.load(..., weights_only=True)``: a checkpoint is data, never code. Files
 that would unpickle anything else (a crafted ``__reduce__``, a pickled class) are refused before
-any of it runs. Writes go through :class:`AtomicCheckpointIO`: a kill during a save leaves the
+any of it runs. Writes go through :class:`seg.checkpoint_io.AtomicCheckpointIO`: a kill during a save leaves the
 previous file in place, never a truncated one.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from hydra.utils import get_class, instantiate
-from lightning.fabric.plugins import TorchCheckpointIO
+from hydra.utils import instantiate
 from torch import nn
 
 from seg.errors import CheckpointError
 from seg.models.weights import load_strict, torch_load
-from seg.utils import atomic_open
 
 #: Config keys that ask for pretrained weights; cleared when rebuilding from a checkpoint,
 #: whose own state dict already holds every weight.
@@ -59,39 +55,14 @@ def check_resume(path: str | Path, module: nn.Module) -> None:
     load_strict(module, ckpt["state_dict"], source=f"ckpt_path={path}", ignore=())
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O that writes atomically and reads data only.
+def __getattr__(name: str) -> Any:
+    """``seg.checkpoint.AtomicCheckpointIO``, the name older configs use, imported on demand:
+    it pulls in Lightning, which ``predict.py`` and the Python API do not need."""
+    if name == "AtomicCheckpointIO":
+        from seg.checkpoint_io import AtomicCheckpointIO
 
-    Lightning's ``TorchCheckpointIO`` serialises into memory and moves a temporary file from the
-    system temp folder into place (a copy, not a rename, when that folder is on another file
-    system) without fsync. This plugin streams ``torch.save`` into a temporary file in the target
-    folder and renames it over the target (see :func:`seg.utils.atomic_open`), so ``last.ckpt`` is always
-    a complete checkpoint. Loads, including ``Trainer.fit(ckpt_path=...)``, always use
-    ``weights_only=True``. Remote paths (``s3://`` ...) keep Lightning's behaviour for saving.
-
-    Configured in ``conf/trainer/default.yaml`` under ``plugins``.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
-    ) -> None:
-        if storage_options is not None or "://" in str(path):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        with atomic_open(path) as f:
-            torch.save(checkpoint, f)
-
-    def load_checkpoint(
-        self,
-        path: str | Path,
-        map_location: Callable | None = lambda storage, loc: storage,
-        weights_only: bool | None = None,
-    ) -> dict[str, Any]:
-        if weights_only is False:
-            raise ValueError(f"{path}: refusing to load a checkpoint with weights_only=False")
-        if "://" in str(path):
-            return super().load_checkpoint(path, map_location, weights_only=True)
-        return torch_load(path)
+        return AtomicCheckpointIO
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _without_pretrained(node: Any) -> Any:
@@ -138,8 +109,13 @@ def build_module(ckpt: dict[str, Any], source: str | Path = "checkpoint", **kwar
     return factory(net=build_net(ckpt, source), **kwargs).eval()
 
 
+def is_localization_target(target: str) -> bool:
+    """Whether a model config's ``_target_`` names a classification + localization module (by
+    name: importing the class would pull in Lightning and torchmetrics, seconds of start-up
+    that ``predict.py`` does not need)."""
+    return str(target).rsplit(".", 1)[-1] == "LocalizationModule"
+
+
 def is_localization(ckpt: dict[str, Any]) -> bool:
     """Whether the checkpoint holds a classification + localization model."""
-    from seg.modules.localization import LocalizationModule
-
-    return issubclass(get_class(ckpt["seg_config"]["model"]["_target_"]), LocalizationModule)
+    return is_localization_target(ckpt["seg_config"]["model"]["_target_"])

@@ -29,7 +29,7 @@ def error_line(err: BaseException) -> str:
     """One line for ``err``: its message (DataLoader workers wrap the original error in a
     traceback whose last line is the original message), plus the class's hint if any."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    wrapped = any(ln.startswith("Traceback") for ln in lines)
+    wrapped = any("Traceback (most recent call last)" in ln for ln in lines)
     text = (lines[-1] if wrapped else " ".join(lines)) if lines else type(err).__name__
     text = text.removeprefix(f"{type(err).__module__}.{type(err).__name__}: ")
     hint = getattr(err, "hint", "")

@@ -183,7 +183,7 @@ def predict(cfg: DictConfig) -> int:
     check_output(out)
     own = frozenset(PredictionWriter.own_files(out))
     inputs = list_inputs(str(cfg.input), bool(cfg.get("recursive", False)), out, own)
-    model = Model(cfg.ckpt, InferenceConfig.from_config(cfg))
+    model = Model(cfg.ckpt, InferenceConfig.from_config(cfg), images=len(inputs.images))
     out.mkdir(parents=True, exist_ok=True)
     boxes = model.logit_names is not None
     writer = PredictionWriter(

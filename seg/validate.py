@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from seg.checkpoint import is_localization_target
 from seg.data.batching import plan_batches
 from seg.errors import ConfigError
 from seg.inference.config import MODES
@@ -87,6 +88,9 @@ RULES: dict[str, tuple[str, Check]] = {
     "inference.stride": ("must be an integer >= 1", _int_at_least(1)),
     "inference.window_batch": ("must be an integer >= 1", _int_at_least(1)),
     "inference.slide_above": ("must be an integer >= 1", _int_at_least(1)),
+    "inference.compile": ("must be auto, true or false", lambda v: v in ("auto", True, False)),
+    "inference.compile_min_images": ("must be an integer >= 0", _int_at_least(0)),
+    "inference.bucket": ("must be an integer >= 1", _int_at_least(1)),
     "tta.scales": ("must be a non-empty list of numbers > 0", _scales),
 }
 
@@ -182,7 +186,7 @@ def _check_classes(cfg: DictConfig) -> Iterator[str]:
         return
     c = len(names)
     source = f"the {c} classes of data.classes"
-    localization = str(target).endswith("LocalizationModule")
+    localization = is_localization_target(target)
     expected = c - (_get(cfg, "model.label_offset") or 0) if localization else c
     module_k = _get(cfg, "model.num_classes")
     if module_k not in (None, expected):

@@ -17,7 +17,13 @@ from conftest import REPO
 
 SCRIPT = REPO / "bench" / "run.py"
 PER_MODEL = ("train_vs_plain", "train_roofline_fraction", "infer_roofline_fraction")
-SCALARS = ("vs_torchvision_reference", "loader_vs_model", "predict_vs_model", "peak_rss_mb")
+SCALARS = (
+    "vs_torchvision_reference",
+    "loader_vs_model",
+    "predict_vs_model",
+    "peak_rss_mb",
+    "evaluate_vs_predict",
+)
 
 
 def run_smoke(tmp_path: Path, *models: str) -> dict:
@@ -36,6 +42,7 @@ def check_results(results: dict, models: tuple[str, ...]) -> None:
     for key in SCALARS:
         assert math.isfinite(results[key]) and results[key] > 0, key
     assert {"cpu", "cores", "torch"} <= set(results["machine"])
+    assert all(math.isfinite(v) for v in results["startup_s"].values())
     peer = results["details"]["peer"]
     assert len(peer["peer_loss"]) == len(peer["seg_loss"]) == peer["steps"]
     # Both arms start from the same init on 21 classes: the first loss is near ln(21) (+ aux).

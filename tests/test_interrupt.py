@@ -26,8 +26,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import seg.checkpoint  # also registers the resolvers (import seg)
-from seg.checkpoint import AtomicCheckpointIO
+import seg.checkpoint_io  # also registers the resolvers (import seg)
+from seg.checkpoint_io import AtomicCheckpointIO
 from seg.modules.segmentation import SegmentationModule
 from seg.resilience import NonFiniteLossError, hydra_value
 from seg.train import train
@@ -187,7 +187,7 @@ def test_atomic_checkpoint_io_keeps_the_old_file_when_a_write_fails(tmp_path, mo
         f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("seg.checkpoint.torch.save", half_then_fail)
+    monkeypatch.setattr("seg.checkpoint_io.torch.save", half_then_fail)
     with pytest.raises(OSError, match="No space"):
         io.save_checkpoint({"w": torch.zeros(3)}, path)
     assert torch.equal(io.load_checkpoint(path)["w"], torch.ones(3))
@@ -203,7 +203,7 @@ def _save_and_stall(path: Path, flag: Path) -> None:
         flag.touch()
         time.sleep(120)
 
-    seg.checkpoint.torch.save = stalled_save  # no torch work in the forked child
+    seg.checkpoint_io.torch.save = stalled_save  # no torch work in the forked child
     AtomicCheckpointIO().save_checkpoint({"new": True}, path)
 
 

@@ -15,9 +15,12 @@ come from the same code. The shape follows mmsegmentation's ``EncoderDecoder``
   :func:`predict_mask_banded` computes the same windows for a huge image one band of rows at a
   time, with memory bounded by the image width.
 - :func:`scores_to_mask` is the one argmax, at the original size.
+- :func:`prepare_net` decides whether a run compiles the net (``inference.compile``) and
+  returns the module the functions above then run (:mod:`seg.inference.compiled`).
 """
 
 from seg.inference.boxes import Localization, box_record, localize
+from seg.inference.compiled import prepare_net
 from seg.inference.config import InferenceConfig
 from seg.inference.masks import (
     image_rows,
@@ -41,6 +44,7 @@ __all__ = [
     "predict_mask",
     "predict_mask_banded",
     "predict_probs",
+    "prepare_net",
     "scores_to_mask",
     "tta_probs",
     "window_starts",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODES = ("whole", "slide")
+COMPILE = ("auto", True, False)
 
 
 @dataclass
@@ -25,6 +26,10 @@ class InferenceConfig:
         channels_last: Feed the net channels_last tensors.
         slide_above: :func:`predict_mask` goes band by band (sliding windows, memory bounded by
             the width) for images whose longer side exceeds this; None: never.
+        compile: ``"auto"``, True or False: run the net through ``torch.compile``
+            (:mod:`seg.inference.compiled`); auto compiles runs of ``compile_min_images`` or more.
+        compile_min_images: The run length from which ``auto`` compiles.
+        bucket: Compiled inputs are padded to a multiple of this many pixels per side.
     """
 
     mode: str = "whole"
@@ -36,6 +41,9 @@ class InferenceConfig:
     autocast: bool = False
     channels_last: bool = False
     slide_above: int | None = None
+    compile: bool | str = False
+    compile_min_images: int = 500
+    bucket: int = 128
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -52,6 +60,8 @@ class InferenceConfig:
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"inference.scales must be positive numbers, got {list(self.scales)}")
         self.scales = tuple(float(s) for s in self.scales)
+        if self.compile not in COMPILE:
+            raise ValueError(f"inference.compile must be auto, true or false, got {self.compile!r}")
 
     @classmethod
     def from_config(cls, cfg: Any) -> InferenceConfig:

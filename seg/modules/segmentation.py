@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from seg.constants import IGNORE_INDEX, NUM_CLASSES
 from seg.errors import ConfigError
-from seg.inference import InferenceConfig, predict_probs, scores_to_mask
+from seg.inference import InferenceConfig, predict_probs, prepare_net, scores_to_mask
 from seg.metrics import SegmentationMetrics
 from seg.models import AUX, seg_logits
 from seg.modules.base import BaseModule
@@ -151,9 +151,23 @@ class SegmentationModule(BaseModule):
         )
         return loss / mask.shape[0] if summed else loss
 
+    def on_test_start(self) -> None:
+        """Compile the net for the test pass when the split is long enough to repay it
+        (``inference.compile``; :func:`seg.inference.prepare_net`). Only here: validation
+        during training must see the weights as they change, which freezing would bake in."""
+        loaders = self.trainer.test_dataloaders
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+        images = sum(len(dl.dataset) for dl in loaders if hasattr(dl, "dataset"))
+        # Not a submodule: it shares the net's parameters and must stay out of the state dict.
+        object.__setattr__(self, "_test_net", prepare_net(self.net, self.inference, images))
+
+    def on_test_end(self) -> None:
+        object.__setattr__(self, "_test_net", None)
+
     def eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, Tensor]:
         image, mask = batch["image"], batch["mask"]  # (B, 3, H, W), (B, H, W)
-        probs = predict_probs(self.net, image, self.inference)  # (B, C, H, W)
+        net = getattr(self, "_test_net", None) if stage == "test" else None
+        probs = predict_probs(net or self.net, image, self.inference)  # (B, C, H, W)
         pred = scores_to_mask(probs, mask.shape[-2:])  # (B, H, W)
         self.metrics[stage].update(pred, mask)
         log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()

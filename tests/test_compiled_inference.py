@@ -1,0 +1,166 @@
+"""Compiled inference (``inference.compile``) gives the masks of eager inference.
+
+fp32 is checked here: compiling (inductor, freezing: BatchNorm folded into the convolutions)
+changes float rounding only, so every pixel whose eager decision is not a numerical tie keeps
+its class, and padding to a shape bucket and cropping back is exact when the bucket is the
+net's own padding rule. The bf16 figures on real photos (rounding differs more) are measured by
+``bench/run.py`` and reported in bench/README.md. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED, fake_checkpoint, run_entry
+from PIL import Image
+
+import seg
+from seg.inference import InferenceConfig, prepare_net
+from seg.inference.compiled import Bucketed, crop_outputs, wants_compile
+
+#: The same shape for every photo, not a multiple of 32: one compilation, and padding matters.
+SIZE = (333, 500)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory, sample_root: Path) -> Path:
+    """Real VOC photos and masks from ../shared when present (else the synthetic sample),
+    each resized to 500 x 333 so that one compiled shape serves them all: ``<folder>/*.png``
+    to predict, and a VOC root ``<folder>/voc`` whose ``val`` split holds them."""
+    shared = SHARED / "voc-sample" / "VOC2012"
+    source = shared if shared.is_dir() else sample_root / "VOC2012"
+    folder = tmp_path_factory.mktemp("photos")
+    voc = folder / "voc" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    ids = [p.stem for p in sorted((source / "JPEGImages").glob("*.jpg"))[:4]]
+    for i in ids:
+        image = Image.open(source / "JPEGImages" / f"{i}.jpg").convert("RGB").resize(SIZE[::-1])
+        image.save(folder / f"{i}.png")
+        image.save(voc / "JPEGImages" / f"{i}.jpg", quality=95)
+        mask = Image.open(source / "SegmentationClass" / f"{i}.png")  # palette indices
+        mask.resize(SIZE[::-1], Image.Resampling.NEAREST).save(
+            voc / "SegmentationClass" / f"{i}.png"
+        )
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inductor_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One on-disk inductor cache for the module: the tests compile the same graph (same net,
+    shape and precision), so every run after the first reads the cached kernels."""
+    return {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path_factory.mktemp("inductor"))}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A U-Net / MobileNetV2 checkpoint whose class scores are spread out like a trained net's
+    (random weights give near-ties everywhere): the head's weights are scaled up."""
+    path = fake_checkpoint("unet_mobilenetv2", tmp_path_factory.mktemp("ckpt") / "m.ckpt")
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["state_dict"]["net.head.weight"] *= 50
+    torch.save(ckpt, path)
+    return path
+
+
+def test_auto_compiles_only_long_runs() -> None:
+    cfg = InferenceConfig(compile="auto", compile_min_images=500)
+    assert not wants_compile(cfg, None) and not wants_compile(cfg, 499)
+    assert wants_compile(cfg, 500)
+    assert wants_compile(InferenceConfig(compile=True), 1)
+    assert not wants_compile(InferenceConfig(compile=False), 10**6)
+    net = torch.nn.Conv2d(3, 2, 1)
+    assert prepare_net(net, InferenceConfig(compile="auto"), 5) is net
+    # auto leaves BatchNorm-free nets eager (compiling did not speed the VGG nets up).
+    assert not wants_compile(cfg, 10**4, net)
+    assert wants_compile(cfg, 10**4, torch.nn.Sequential(net, torch.nn.BatchNorm2d(2)))
+
+
+def test_bad_compile_value_is_refused() -> None:
+    with pytest.raises(ValueError, match="inference.compile"):
+        InferenceConfig(compile="sometimes")
+    proc = run_entry(
+        "predict.py", "ckpt=x", "input=x", "output=x", "inference.compile=yes", check=False
+    )
+    assert proc.returncode == 2 and "inference.compile='yes'" in proc.stderr
+
+
+def test_outputs_are_cropped_back_to_the_input_size() -> None:
+    out = {"out": torch.zeros(1, 5, 384, 512), "cls": torch.zeros(1, 5), "box": torch.zeros(1, 4)}
+    cropped = crop_outputs(out, 333, 500)
+    assert cropped["out"].shape == (1, 5, 333, 500)
+    assert cropped["cls"].shape == (1, 5) and cropped["box"].shape == (1, 4)
+
+
+#: The net's own padding rule as the bucket (32 px, reflection) and fp32: the compiled runs differ
+#: from eager by float rounding alone, and all of them compile one graph.
+EXACT = ["inference.autocast=false", "inference.bucket=32"]
+
+
+def test_compiled_probabilities_and_masks_equal_eager(
+    checkpoint: Path, photos: Path, inductor_cache: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the Python API: every pixel that is not a numerical tie keeps its class."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductor_cache["TORCHINDUCTOR_CACHE_DIR"])
+    eager = seg.load(checkpoint, [*EXACT, "inference.compile=false"], device="cpu")
+    compiled = seg.load(checkpoint, [*EXACT, "inference.compile=true"], device="cpu")
+    assert isinstance(compiled.runner, Bucketed) and eager.runner is eager.net
+    for png in sorted(photos.glob("*.png")):
+        p, q = eager.predict_probs(png), compiled.predict_probs(png)  # (C, H, W)
+        assert p.shape == q.shape == (21, *SIZE)
+        assert np.abs(p - q).max() < 1e-3
+        top2 = np.sort(p, axis=0)[-2:]
+        decided = top2[1] - top2[0] > 1e-3  # not a numerical tie
+        assert decided.mean() > 0.9
+        np.testing.assert_array_equal(p.argmax(0)[decided], q.argmax(0)[decided])
+
+
+def test_predict_py_compiled_writes_the_eager_masks(
+    checkpoint: Path, photos: Path, inductor_cache: dict, tmp_path: Path
+) -> None:
+    """As the user runs it: the PNG masks of predict.py agree pixel for pixel, ties aside."""
+    common = [f"ckpt={checkpoint}", f"input={photos}", *EXACT]
+    run_entry("predict.py", *common, f"output={tmp_path}/eager", "inference.compile=false")
+    proc = run_entry(
+        "predict.py",
+        *common,
+        f"output={tmp_path}/compiled",
+        "inference.compile=true",
+        env=inductor_cache,
+    )
+    assert "4 written" in proc.stdout
+    same = total = 0
+    for png in sorted((tmp_path / "eager").glob("*.png")):
+        a = np.asarray(Image.open(png))
+        b = np.asarray(Image.open(tmp_path / "compiled" / png.name))
+        assert a.shape == b.shape == SIZE
+        same, total = same + int((a == b).sum()), total + a.size
+    assert same / total > 0.9999, same / total
+
+
+def test_evaluate_py_compiled_scores_as_eager(
+    checkpoint: Path, photos: Path, inductor_cache: dict, tmp_path: Path
+) -> None:
+    """evaluate.py compiles in its test pass when told (inference.compile=true): same scores."""
+    scores = {}
+    for mode in ("false", "true"):
+        run_entry(
+            "evaluate.py",
+            f"ckpt={checkpoint}",
+            "data=voc",
+            f"data.root={photos / 'voc'}",
+            f"paths.output_dir={tmp_path}/{mode}",
+            "plot=false",
+            *EXACT,
+            f"inference.compile={mode}",
+            env=inductor_cache,
+        )
+        scores[mode] = json.loads((tmp_path / mode / "metrics.json").read_text())
+    assert scores["true"]["num_images"] == scores["false"]["num_images"] == 4
+    for key in ("pixel_accuracy", "mIoU"):
+        assert scores["true"][key] == pytest.approx(scores["false"][key], abs=1e-4), key
