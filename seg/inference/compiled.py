@@ -9,11 +9,12 @@ and the Python API call it, and everything downstream (:func:`seg.inference.pred
   into the convolutions' epilogues). In eager bf16 on a CPU, BatchNorm and the activations on
   channels_last tensors cost as much as the convolutions (``bench/README.md``).
 - **Shape buckets:** inputs are padded at the bottom and right to a multiple of ``bucket``
-  pixels per side (reflection, :func:`seg.models.blocks.pad_to_multiple`, the rule the nets'
-  own padding uses) and the outputs cropped back, so a static-shape graph serves every image of
-  a bucket: VOC's photos (at most 500 x 500) fall into 3 buckets of 128 (384 x 512, 512 x 384,
-  512 x 512) for 4% more pixels than the nets' own padding to 32. Static graphs ran 1.7x
-  faster than one dynamic-shape graph here (``bench/README.md``).
+  pixels per side with the net's own padding rule (``pad_mode``, reflection for the U-Nets) and
+  the outputs cropped back. With the default of 32, the nets' own multiple, the padding is the
+  one the net would do itself, so the masks are eager's up to float rounding; one graph with
+  dynamic height and width serves every bucket (static graphs per bucket of 128 px ran no faster
+  here, and padding 500 x 375 photos to 512 x 384 changed 0.05-0.2% of the pixels of a weakly
+  trained net through the border context: ``bench/README.md``).
 - **On-disk cache:** inductor's FX graph cache keeps the compiled kernels in
   ``TORCHINDUCTOR_CACHE_DIR`` (default ``~/.cache/seg/inductor``), so a second run with the
   same checkpoint and buckets skips code generation.
@@ -41,7 +42,7 @@ from seg.models.blocks import pad_to_multiple
 
 log = logging.getLogger(__name__)
 
-#: Distinct input shapes compiled before dynamo falls back to eager (its default is 8).
+#: Compilations per net before dynamo falls back to eager (its default is 8).
 MAX_SHAPES = 64
 
 
@@ -49,22 +50,25 @@ class Bucketed(nn.Module):
     """A compiled net behind a shape-bucketing pad: (B, 3, H, W) in, the net's outputs at (H, W).
 
     Args:
-        net: The eager net (its parameters are shared, not copied).
-        bucket: Pad H and W up to a multiple of this; None: no padding (fixed-size inputs, e.g.
-            a localizer's resized images, where padding would move the box).
+        net: The eager net (its parameters are shared, not copied); its ``pad_mode`` attribute,
+            when it has one, is the padding rule (else zeros, that of the FCNs).
+        bucket: Pad H and W up to a multiple of this; None: no padding and a static shape
+            (fixed-size inputs, e.g. a localizer's resized images, where padding would move the
+            box).
         options: Inductor options (``freezing`` and the like).
     """
 
     def __init__(self, net: nn.Module, bucket: int | None, options: dict[str, Any]) -> None:
         super().__init__()
-        self.bucket = bucket
-        self.compiled = torch.compile(net, dynamic=False, options=options)
+        self.bucket, self.pad_mode = bucket, getattr(net, "pad_mode", "constant")
+        # Dynamic height and width: one compilation for every bucket (and batch size).
+        self.compiled = torch.compile(net, dynamic=bucket is not None, options=options)
 
     def forward(self, x: Tensor) -> Any:
         h, w = x.shape[-2:]
         if self.bucket:
             channels_last = x.is_contiguous(memory_format=torch.channels_last)
-            x = pad_to_multiple(x, self.bucket, "reflect")  # (B, 3, H', W')
+            x = pad_to_multiple(x, self.bucket, self.pad_mode)  # (B, 3, H', W')
             if channels_last:  # the gather of the reflection returns NCHW
                 x = x.contiguous(memory_format=torch.channels_last)
         return crop_outputs(self.compiled(x), h, w)
@@ -90,7 +94,7 @@ def wants_compile(cfg: InferenceConfig, images: int | None, net: nn.Module | Non
 
     ``compile`` true or false decides; ``auto`` compiles when ``images`` is known and at least
     ``compile_min_images``, and the net has BatchNorm to fold: what compiling wins is mostly
-    BatchNorm and activations fused into the convolutions (U-Net / ResNet-34 1.9x faster here);
+    BatchNorm and activations fused into the convolutions;
     the BatchNorm-free VGG nets (FCN, the dilation network) ran no faster compiled.
     """
     if cfg.compile in (True, False):

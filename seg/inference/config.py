@@ -42,8 +42,8 @@ class InferenceConfig:
     channels_last: bool = False
     slide_above: int | None = None
     compile: bool | str = False
-    compile_min_images: int = 500
-    bucket: int = 128
+    compile_min_images: int = 1000
+    bucket: int = 32
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
