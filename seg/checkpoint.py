@@ -85,8 +85,9 @@ def build_net(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> nn.Mod
     Raises:
         CheckpointError: The config cannot build a network, or the weights do not fit it.
     """
+    node = _without_pretrained(ckpt["seg_config"]["model"]["net"])
     try:
-        net: nn.Module = instantiate(_without_pretrained(ckpt["seg_config"]["model"]["net"]))
+        net = _uninitialised(node) or instantiate(node)
     except Exception as err:  # Hydra wraps the constructor's error in several lines
         text = " ".join(str(err).split())[:300]
         raise CheckpointError(f"{source}: its config cannot build the network ({text})") from err
@@ -94,6 +95,28 @@ def build_net(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> nn.Mod
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     load_strict(net, state, source=str(source), ignore=())
     return net.eval()
+
+
+def _uninitialised(node: Any) -> nn.Module | None:
+    """The net of ``node`` with uninitialised weights, or None when that is not safe.
+
+    The strict load that follows overwrites every parameter and buffer, so the random
+    initialisation of a normal build is wasted: 0.14 s of a ResNet-34 U-Net (5% of a short
+    ``predict.py`` run), seconds of a VGG-16 FCN. The net is built on the meta device (no
+    memory, no initialisation), then given CPU memory. None (build it normally) when a
+    constructor cannot run on the meta device, or when the net holds tensors that the state dict
+    does not restore: non-persistent buffers, or plain tensor attributes.
+    """
+    try:
+        with torch.device("meta"):
+            net: nn.Module = instantiate(node)
+    except Exception:  # noqa: BLE001  (the normal build runs, and reports any error)
+        return None
+    for module in net.modules():
+        extra = [v for k, v in vars(module).items() if isinstance(v, torch.Tensor)]
+        if module._non_persistent_buffers_set or extra:
+            return None
+    return net.to_empty(device="cpu")
 
 
 def build_module(ckpt: dict[str, Any], source: str | Path = "checkpoint", **kwargs: Any) -> Any:

@@ -15,6 +15,8 @@ This module imports nothing from seg, so every stage can raise these without an 
 
 from __future__ import annotations
 
+from os import PathLike
+
 
 class SegError(Exception):
     """Base class: a failure a user can act on, described in one line.
@@ -146,3 +148,11 @@ def as_seg_error(err: BaseException) -> SegError | None:
     if isinstance(err, RuntimeError) and text.startswith("DataLoader worker (pid"):
         return WorkerDiedError(text.split(". ")[0].rstrip("."))
     return None
+
+
+def failure_line(path: str | PathLike[str], err: BaseException) -> str:
+    """One line that names the file and the problem (a batch's report of one failed file)."""
+    text = " ".join(str(err).split())
+    if not isinstance(err, BadSampleError):
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if text.startswith(str(path)) else f"{path}: {text}"

@@ -1,8 +1,9 @@
 """The record of what ``predict.py`` wrote into an output folder: ``predict_manifest.jsonl``.
 
-One JSON object per line, each appended with a single ``write`` on an ``O_APPEND`` file and
-fsynced (as ``boxes.jsonl``), so two runs into one folder never interleave lines and a kill loses
-nothing finished:
+One JSON object per line, each appended with a single ``write`` on an ``O_APPEND`` file (as
+``boxes.jsonl``), so two runs into one folder never interleave lines and a kill loses nothing
+finished. Claims are fsynced; a done record is appended only once the files it names are on
+the disk, and fsynced with the others when the run ends (:meth:`Manifest.done`):
 
 - ``{"claim": STEM, "input": PATH}``: the input file (absolute path) writes its outputs under
   ``STEM``, a path relative to the folder without suffix (``sub/cat`` -> ``sub/cat.png``).
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seg.utils import append_lines, read_lines
+from seg.utils import append_lines, fsync_path, read_lines
 
 NAME = "predict_manifest.jsonl"
 
@@ -87,11 +88,23 @@ class Manifest:
         )
 
     def done(self, source: Source, stem: str, outputs: list[str]) -> None:
-        """Record that every output of ``source`` is written (after the files, never before)."""
+        """Record that every output of ``source`` is written (after the files, never before).
+
+        The caller has fsynced the outputs (and their folder's entries) already, so the record
+        can never reach the disk before the files it names. The record itself is not fsynced
+        here: losing it to a power cut only means a re-run predicts that input again, and one
+        fsync per image was a large part of writing a small mask. :meth:`sync` flushes them all
+        at the end of a run.
+        """
         record = {"done": stem, "input": source.path, "size": source.size}
         record |= {"mtime_ns": source.mtime_ns, "outputs": outputs}
-        append_lines(self.path, [record])
+        append_lines(self.path, [record], sync=False)
         self.done_of[source.path] = record
+
+    def sync(self) -> None:
+        """Flush the records appended so far to the disk."""
+        if self.path.is_file():
+            fsync_path(self.path)
 
     def _free(self, stem: str, source: str, taken: set[str]) -> bool:
         if stem.casefold() in taken:

@@ -16,6 +16,11 @@ inference or write error) is reported as one line naming it and the batch goes o
 summary counts the failures and the exit status is 1. Images whose longer side exceeds
 ``inference.slide_above`` are predicted band by band (:func:`seg.inference.predict_mask_banded`),
 so a 10000 x 8000 photo peaks at about 2 GB RSS, not the 6.7 GB of its full-size logits alone.
+
+Decoding, the net and writing overlap (:mod:`seg.pipeline`): the next images decode, and the
+last ones are written, while the net runs; the manifest still records the images in input
+order, each after its files, and SIGTERM or Ctrl+C still leaves every image the net finished
+written and recorded.
 """
 
 from __future__ import annotations
@@ -28,31 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
-from rich.progress import track
 
 from seg.api import Model
-from seg.data.io import read_image
-from seg.errors import BadSampleError, InputError
+from seg.errors import InputError
 from seg.inference import InferenceConfig
-from seg.manifest import Source
 from seg.outputs import PredictionWriter
+from seg.pipeline import Item, Predictor, Summary, predict_all
 from seg.utils import sigterm_exits
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
-
-
-@dataclass
-class Summary:
-    """What a predict run did, for the closing line and the exit status."""
-
-    written: int = 0
-    skipped: int = 0
-    failed: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    left_out: int = 0  # predict's own outputs, or files under the output folder
-    renamed: int = 0  # inputs whose output name was taken, so they got another one
 
 
 @dataclass
@@ -160,15 +151,6 @@ def check_output(output: Path) -> None:
             )
 
 
-@dataclass
-class Predictor:
-    """What :func:`predict_one` needs, built once per run."""
-
-    model: Model
-    writer: PredictionWriter
-    overwrite: bool = False
-
-
 def predict(cfg: DictConfig) -> int:
     """Predict every input image (see the module docstring) and print the summary.
 
@@ -192,11 +174,12 @@ def predict(cfg: DictConfig) -> int:
     run = Predictor(model, writer, overwrite=bool(cfg.overwrite))
     summary = Summary(ignored=[str(p) for p in inputs.ignored], left_out=len(inputs.left_out))
     stems = assign_stems(inputs, run.writer, summary)
+    items = [Item(i, p, s) for i, (p, s) in enumerate(zip(inputs.images, stems, strict=True))]
     try:
-        with sigterm_exits():  # SIGTERM -> SystemExit(143): the finally below still runs
-            progress = track(inputs.images, "Predicting", disable=not sys.stderr.isatty())
-            for path, stem in zip(progress, stems, strict=True):
-                predict_one(path, run, summary, stem)
+        # SIGTERM -> SystemExit(143): predict_all still writes every image the net finished,
+        # and the finally below still writes boxes.json.
+        with sigterm_exits():
+            predict_all(items, run, summary)
     finally:
         run.writer.close()
     for line in summary.failed:
@@ -228,39 +211,3 @@ def assign_stems(inputs: Inputs, writer: PredictionWriter, summary: Summary) -> 
             summary.renamed += 1
             log.warning("%s: the name %s is taken, writing %s instead", path, preferred, stem)
     return stems
-
-
-def failure_line(path: Path, err: BaseException) -> str:
-    """One line that names the file and the problem."""
-    text = " ".join(str(err).split())
-    if not isinstance(err, BadSampleError):
-        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text if text.startswith(str(path)) else f"{path}: {text}"
-
-
-def predict_one(path: Path, run: Predictor, summary: Summary, stem: str | None = None) -> None:
-    """Predict one image into ``run.writer`` under ``stem`` (default: its safe file stem),
-    recording the outcome in ``summary``.
-
-    Any error (unreadable file, inference failure, write failure) is recorded as one line
-    naming the file; it never stops the batch.
-    """
-    stem = stem or safe_stem(path)
-    try:
-        source = Source.of(path)  # size and mtime before reading: what the manifest records
-        if not run.overwrite and run.writer.done(source, stem):
-            summary.skipped += 1
-            return
-        image = read_image(path)  # (H, W, 3) uint8, upright
-        result = run.model.predict(image)  # mask (H, W), or a box record (+ "mask")
-        if isinstance(result, dict):
-            mask = result.pop("mask", None)
-            box = {"file": str(path), **result}
-            run.writer.write(stem, image, mask, box, source=source)
-        else:
-            run.writer.write(stem, image, result, source=source)
-    except Exception as err:  # noqa: BLE001  (one bad file never stops the batch)
-        summary.failed.append(failure_line(path, err))
-        log.error("%s", summary.failed[-1])
-        return
-    summary.written += 1

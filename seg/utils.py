@@ -74,7 +74,7 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, sync_folder: bool = True) -> Iterator[Path]:
     """A temporary path next to ``path`` to write to; on success it replaces ``path``.
 
     The file is fsynced before ``os.replace`` (atomic on POSIX and Windows), and the folder is
@@ -83,53 +83,76 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ``path`` is untouched; only a ``SIGKILL`` can leave a ``.<name>.*.tmp`` file behind. A full
     disk is reported naming ``path``. For writers that take a path (exporters); see
     :func:`atomic_open` for a file object.
+
+    Args:
+        path: The file to replace.
+        sync_folder: Fsync the folder after the rename, so that the rename itself survives a
+            power cut. A caller that writes several files into one folder passes False and
+            calls :func:`fsync_folder` once after the last, before anything that relies on
+            them (a record naming them) is written: the file's own fsync, before the rename,
+            is what guarantees that ``path`` is never seen half-written, and it always runs.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         yield tmp
-        _fsync(tmp, os.O_RDONLY)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno in DISK_FULL and not err.filename:
             raise OSError(err.errno, err.strerror, str(path)) from err  # name the file
         raise
-    with contextlib.suppress(OSError):  # folders cannot be opened on every platform
-        _fsync(path.parent, os.O_RDONLY)
+    if sync_folder:
+        fsync_folder(path.parent)
 
 
-def _fsync(path: Path, flags: int) -> None:
-    fd = os.open(path, flags)
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's content (or a folder's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def fsync_folder(folder: str | Path) -> None:
+    """Flush a folder's entries (renames, new files) to the disk, where the platform can."""
+    with contextlib.suppress(OSError):  # folders cannot be opened on every platform
+        fsync_path(folder)
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
+def atomic_open(path: str | Path, sync_folder: bool = True) -> Iterator[IO[bytes]]:
     """Open a temporary file next to ``path`` for writing; on success it replaces ``path``
     (:func:`atomic_path`: fsynced, renamed, never half-written). The file gets the user's umask
     like any other new file."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sync_folder) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, sync_folder: bool = True) -> None:
     """Write ``data`` to ``path`` so a reader never sees a half-written file (:func:`atomic_open`)."""
-    with atomic_open(path) as f:
+    with atomic_open(path, sync_folder) as f:
         f.write(data)
 
 
-def append_lines(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append ``records`` as JSON lines with one ``write`` on an ``O_APPEND`` file, then fsync:
-    lines of concurrent writers never interleave, and a kill never loses a line once written.
-    A line left torn by an earlier kill is ended first, so it cannot swallow the next record."""
+def append_lines(path: Path, records: list[dict[str, Any]], sync: bool = True) -> None:
+    """Append ``records`` as JSON lines with one ``write`` on an ``O_APPEND`` file: lines of
+    concurrent writers never interleave, and a kill never loses a line once written. A line
+    left torn by an earlier kill is ended first, so it cannot swallow the next record.
+
+    Args:
+        path: The JSON-lines file (created if missing).
+        records: JSON-serialisable objects, one line each.
+        sync: Fsync the file after the write, so the lines also survive a power cut. Without
+            it a power cut may lose the last lines (a kill never does): for records whose loss
+            only costs redoing work (:meth:`seg.manifest.Manifest.done`).
+    """
     data = "".join(json.dumps(r) + "\n" for r in records).encode()
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
     try:
@@ -137,7 +160,8 @@ def append_lines(path: Path, records: list[dict[str, Any]]) -> None:
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data
         os.write(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -3,6 +3,7 @@
 - Paths: ``REPO``, ``CONF``, ``SHARED`` and the config names under ``conf/``.
 - :func:`compose`: a composed Hydra config, as the entry points compose it.
 - :func:`run_entry`: an entry point run as a user runs it (``python train.py ...``).
+- :func:`signal_when`: signal a running entry point once something it writes shows progress.
 - :func:`fake_checkpoint`: a train.py-style checkpoint with random weights, for any model.
 - :func:`load_preset`: an augmentation pipeline of ``conf/augment``.
 - Fixtures: the generated sample, and the real VOC files in ``../shared`` (skipped when absent).
@@ -11,8 +12,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +66,22 @@ def run_entry(
             f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
     return proc
+
+
+def signal_when(
+    proc: subprocess.Popen,
+    ready: Callable[[], bool],
+    sig: int = signal.SIGTERM,
+    timeout: float = 240.0,
+) -> None:
+    """Send ``sig`` to ``proc`` as soon as ``ready()`` holds (polled every 10 ms), unless the
+    process ends first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            proc.send_signal(sig)
+            return
+        time.sleep(0.01)
 
 
 def fake_checkpoint(model: str, path: Path, *overrides: str, seed: int = 0) -> Path:

@@ -151,6 +151,19 @@ def test_scores_to_mask_resizes_scores_not_labels() -> None:
     assert set(mask.unique().tolist()) == {0, 2}
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_scores_to_mask_is_the_argmax_with_ties_and_nan(channels_last: bool) -> None:
+    """It takes max's indices (faster on the CPU): the same first-of-equal-maxima rule."""
+    torch.manual_seed(0)
+    scores = torch.randint(0, 3, (2, 21, 9, 11)).float()  # many ties
+    scores[0, 4, 0, 0] = scores[1, 7, 3, 5] = scores[1, 9, 3, 5] = float("nan")
+    if channels_last:
+        scores = scores.contiguous(memory_format=torch.channels_last)
+    mask = scores_to_mask(scores)
+    assert mask.dtype == torch.int64 and torch.equal(mask, scores.argmax(dim=1))
+    assert mask[0, 0, 0] == 4 and mask[1, 3, 5] == 7
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CONF, REPO, compose, run_entry
+from conftest import CONF, REPO, compose, run_entry, signal_when
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -200,13 +198,8 @@ def test_sigterm_keeps_every_finished_box(fixed_box_ckpt: Path, tmp_path: Path) 
         Image.new("RGB", (48, 40), (i % 256, 0, 0)).save(src / f"im{i:03d}.png")
     cmd = [sys.executable, "predict.py", f"ckpt={fixed_box_ckpt}", f"input={src}"]
     proc = subprocess.Popen([*cmd, f"output={out}"], cwd=REPO, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        jsonl = out / "boxes.jsonl"
-        if jsonl.exists() and jsonl.read_text().count("\n") >= 5:
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.02)
+    jsonl = out / "boxes.jsonl"
+    signal_when(proc, lambda: jsonl.exists() and jsonl.read_text().count("\n") >= 5)
     assert proc.wait(timeout=120) == 143
     done = [json.loads(line)["stem"] for line in (out / "boxes.jsonl").read_text().splitlines()]
     assert 5 <= len(done) < 400

@@ -21,8 +21,11 @@ import pytest
 import torch
 from conftest import CONF, MODELS, compose, run_entry
 from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 from PIL import Image
+from torch import nn
 
+from seg.checkpoint import _uninitialised, build_net
 from seg.models import BOX, BOX_ALL, CLS, has_seg_logits, seg_logits
 from seg.modules.localization import LocalizationModule
 
@@ -74,6 +77,52 @@ def test_output_contract_backward_and_parameter_count(model: str) -> None:
     missing = [n for n, p in trainable if p.grad is None]
     assert not missing, missing[:5]
     assert all(torch.isfinite(p.grad).all() for _, p in trainable)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_rebuilt_net_skips_the_random_init_and_equals_the_trained_one(model: str) -> None:
+    """``build_net`` builds on the meta device (no wasted initialisation): the strict load must
+    restore every tensor the net uses."""
+    cfg = compose("train", f"model={model}")
+    torch.manual_seed(0)
+    net = instantiate(cfg.model.net).eval()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    assert _uninitialised(config["model"]["net"]) is not None  # the fast path, for every model
+    rebuilt = build_net({"seg_config": config, "state_dict": state})
+    x = torch.randn(1, 3, 45, 67)
+    with torch.no_grad():
+        want, got = net(x), rebuilt(x)
+    pairs = (
+        zip(want.values(), got.values(), strict=True) if isinstance(want, dict) else [(want, got)]
+    )
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+class PlainTensorNet(nn.Module):
+    """A tensor the state dict does not hold: a plain attribute and a non-persistent buffer."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 21, 1)
+        if kind == "attribute":
+            self.offset = torch.full((21, 1, 1), 2.0)
+        else:
+            self.register_buffer("offset", torch.full((21, 1, 1), 2.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.offset
+
+
+@pytest.mark.parametrize("kind", ["attribute", "buffer"])
+def test_rebuilt_net_with_tensors_outside_the_state_dict_is_initialised(kind: str) -> None:
+    node = {"_target_": f"{__name__}.PlainTensorNet", "kind": kind}
+    assert _uninitialised(node) is None  # built normally: the tensor keeps its value
+    net = PlainTensorNet(kind)
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    rebuilt = build_net({"seg_config": {"model": {"net": node}}, "state_dict": state})
+    x = torch.randn(1, 3, 4, 5)
+    assert torch.equal(rebuilt(x), net(x))
 
 
 def task_overrides(model: str, root: Path) -> list[str]:

@@ -12,6 +12,7 @@ own red area, so a mask written for the wrong input, or overwritten by another, 
 | `recursive=true`; an output folder inside the input folder | nested folders are walked and mirrored under `output`; nothing under the output folder is an input | `test_recursive_walks_and_mirrors_the_tree` |
 | interrupted run (Ctrl+C), then the same command | the finished images are recorded as done (exit 130); the re-run writes only the rest | `test_interrupted_run_resumes_from_the_manifest` |
 | SIGTERM during a localization predict | every finished box is in `boxes.json` and recorded in the manifest | `test_localization.py::test_sigterm_keeps_every_finished_box` |
+| decoding, the net and writing overlapping (threads) | outputs and manifest byte for byte those of a sequential run; a failed write is one line; SIGTERM and Ctrl+C leave every image the net finished written, recorded and complete | `test_predict_pipeline.py` |
 | two predicts into one folder at once, names colliding | both runs' boxes in `boxes.json`, each input its own name (claims in the manifest, first line wins) | `test_concurrent_predicts_into_one_folder_keep_both`, `test_concurrent_claims_never_share_a_name` |
 | corrupt `boxes.json`, torn or foreign `boxes.jsonl` lines | `boxes.json` rebuilt from the valid lines; a warning per skipped line | `test_corrupt_boxes_files_are_rebuilt` |
 | `output=` an existing file | exit 2 before the checkpoint is read: `error: output=<file>: <file> is a file, not a folder; ...` | `test_output_that_is_a_file_is_one_line` |

@@ -26,9 +26,9 @@ from torch import Tensor
 from seg.data.classes import checkpoint_classes, checkpoint_logit_names
 from seg.data.io import read_image
 from seg.data.voc import VOCSegmentation
-from seg.errors import ConfigError
+from seg.errors import ConfigError, failure_line
 from seg.inference import normalise
-from seg.predict import failure_line, list_inputs
+from seg.predict import list_inputs
 
 log = logging.getLogger(__name__)
 

@@ -204,7 +204,11 @@ def scores_to_mask(scores: Tensor, size: tuple[int, int] | None = None) -> Tenso
     """
     if size is not None and tuple(scores.shape[-2:]) != tuple(size):
         scores = _resize(scores.float(), tuple(size))
-    return scores.argmax(dim=1)
+    # The argmax, as max's indices: both give the first of equal maxima (and a NaN's index),
+    # but on the CPU argmax over the class dimension of (B, C, H, W) is far slower: 29 ms
+    # against 1.3 ms for 21 classes of a 500 x 375 image on 2 cores, where the forward pass of
+    # a MobileNetV2 U-Net takes 66 ms.
+    return scores.max(dim=1).indices
 
 
 def normalise(image: np.ndarray, transform: Any) -> Tensor:
