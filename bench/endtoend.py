@@ -103,18 +103,23 @@ def _model_and_inputs(ckpt: Path, images: list[Path]):
 
     loaded = load_checkpoint(ckpt)
     transform = instantiate(loaded["seg_config"]["augment"]["eval"])
-    tensors = [transform(image=read_image(p))["image"].unsqueeze(0) for p in images]
-    return build_net(loaded), tensors  # (1, 3, H, W) each
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where predict.py runs the net
+    tensors = [transform(image=read_image(p))["image"].unsqueeze(0).to(device) for p in images]
+    return build_net(loaded).to(device), tensors  # (1, 3, H, W) each
 
 
 def _timed(fn) -> float:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync(device)
     start = time.perf_counter()
     fn()
+    sync(device)  # the model-alone arm leaves its GPU work queued
     return time.perf_counter() - start
 
 
 def _peak_rss_child(model: str, batch: int, crop: int, steps: int, queue) -> None:
-    cfg = compose_train([f"model={model}", "trainer=cpu", "optimizer=sgd", "scheduler=poly"])
+    trainer = "trainer=gpu" if torch.cuda.is_available() else "trainer=cpu"
+    cfg = compose_train([f"model={model}", trainer, "optimizer=sgd", "scheduler=poly"])
     x, y = random_batch(batch, crop, "cpu")
     seg_step_times(cfg, x, y, steps)
     queue.put(high_water_mb())

@@ -7,7 +7,8 @@ ignoring 255 on "out" + 0.5 x on "aux", SGD (lr 0.01, momentum 0.9, weight decay
 at 10x lr) with the poly schedule. seg arm: the same network from ``conf/model/tv_fcn_resnet50``
 trained by ``Trainer.fit`` with seg's defaults (``trainer=cpu``/``gpu``: bf16-mixed where native,
 channels_last; ``augment=voc``; ``optimizer=sgd``; ``scheduler=poly``). Both start from the same
-random init and read the same images with the same number of loader workers.
+random init and read the same images with the same number of loader workers. The two arms
+alternate step by step in one process (see :func:`compare`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -72,41 +74,69 @@ def reference_optimizer(model: torch.nn.Module, steps: int, lr: float = 0.01) ->
     return opt, torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=steps, power=0.9)
 
 
-def reference_run(root: str, crop: int, batch: int, steps: int, workers: int, device: str):
-    """Train the peer for ``steps`` steps. Returns (seconds per step, loss per step)."""
-    torch.manual_seed(0)
-    model = fcn_resnet50(
-        weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=True
-    )
-    model = model.to(device).train()
-    opt, sched = reference_optimizer(model, steps)
-    loader = DataLoader(
-        ReferenceVOC(root, crop), batch, shuffle=True, num_workers=workers, drop_last=True
-    )
-    times, losses, last = [], [], time.perf_counter()
-    while len(times) < steps:
-        for image, mask in loader:
-            out = model(image.to(device))
-            loss = F.cross_entropy(out["out"], mask.to(device), ignore_index=IGNORE_INDEX)
-            loss = loss + 0.5 * F.cross_entropy(
-                out["aux"], mask.to(device), ignore_index=IGNORE_INDEX
-            )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            sync(device)
-            now = time.perf_counter()
-            times.append(now - last)
-            losses.append(loss.item())
-            last = now
-            if len(times) == steps:
-                break
-    return times, losses
+class ReferenceArm:
+    """The peer, trained one step per :meth:`step` call, as the reference's loop does.
+
+    Built eagerly (model from ``torch.manual_seed(0)``, optimizer, loader and its workers), so
+    that its steps can be run between seg's: both arms then see the same load of a shared
+    machine. ``times`` holds the seconds of each step, the batch fetch included; ``losses`` the
+    total loss ("out" + 0.5 x "aux") of each.
+    """
+
+    def __init__(
+        self, root: str, crop: int, batch: int, steps: int, workers: int, device: str
+    ) -> None:
+        torch.manual_seed(0)
+        model = fcn_resnet50(
+            weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=True
+        )
+        self.model, self.device = model.to(device).train(), device
+        self.opt, self.sched = reference_optimizer(self.model, steps)
+        self.loader = DataLoader(
+            ReferenceVOC(root, crop), batch, shuffle=True, num_workers=workers, drop_last=True
+        )
+        self.batches = iter(self.loader)
+        self.times: list[float] = []
+        self.losses: list[float] = []
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return next(self.batches)
+        except StopIteration:  # a new epoch, reshuffled, as the reference's epoch loop
+            self.batches = iter(self.loader)
+            return next(self.batches)
+
+    def step(self) -> None:
+        """Fetch a batch, forward ("out", "aux"), loss, backward, SGD and poly steps."""
+        start = time.perf_counter()
+        image, mask = self._next_batch()  # (B, 3, crop, crop) float32, (B, crop, crop) int64
+        image, mask = image.to(self.device), mask.to(self.device)
+        out = self.model(image)
+        loss = F.cross_entropy(out["out"], mask, ignore_index=IGNORE_INDEX)
+        loss = loss + 0.5 * F.cross_entropy(out["aux"], mask, ignore_index=IGNORE_INDEX)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        sync(self.device)
+        self.times.append(time.perf_counter() - start)
+        self.losses.append(loss.item())
 
 
-def seg_run(root: str, crop: int, batch: int, steps: int, workers: int, device: str):
-    """Train the same network with seg's defaults. Returns (seconds per step, loss per step)."""
+def seg_run(
+    root: str,
+    crop: int,
+    batch: int,
+    steps: int,
+    workers: int,
+    device: str,
+    between: Callable[[], Any] | None = None,
+) -> tuple[list[float], list[float]]:
+    """Train the same network with seg's defaults; ``between`` runs after each step, untimed.
+
+    Returns:
+        (seconds per step, loss per step).
+    """
     cfg = compose_train(
         [
             "model=tv_fcn_resnet50",
@@ -123,16 +153,23 @@ def seg_run(root: str, crop: int, batch: int, steps: int, workers: int, device: 
     )
     torch.manual_seed(0)
     module, datamodule = build_module(cfg), instantiate(cfg.data)
-    timer = StepTimer(device)
+    timer = StepTimer(device, between)
     with tempfile.TemporaryDirectory() as tmp:
         seg_trainer(cfg, timer, steps, tmp).fit(module, datamodule=datamodule)
     return timer.step_times, timer.losses
 
 
-def compare(root: str, crop: int, batch: int, steps: int, warmup: int, workers: int, device: str):
-    """Both arms, peer first. Returns the speed-up of seg and both loss curves."""
-    peer_t, peer_loss = reference_run(root, crop, batch, steps, workers, device)
-    seg_t, seg_loss = seg_run(root, crop, batch, steps, workers, device)
+def compare(
+    root: str, crop: int, batch: int, steps: int, warmup: int, workers: int, device: str
+) -> dict[str, Any]:
+    """Both arms from the same init, alternating step by step (a peer step after each of seg's).
+
+    Alternating rather than running one arm after the other keeps a shared machine's load
+    changes (2-5x here) out of the ratio. Returns the speed-up of seg and both loss curves.
+    """
+    reference = ReferenceArm(root, crop, batch, steps, workers, device)
+    seg_t, seg_loss = seg_run(root, crop, batch, steps, workers, device, reference.step)
+    peer_t, peer_loss = reference.times, reference.losses
     peer_s, seg_s = statistics.median(peer_t[warmup:]), statistics.median(seg_t[warmup:])
     return {
         "peer_s_per_step": peer_s,

@@ -1,35 +1,42 @@
 """One benchmark harness: seg against a plain loop, a peer, the hardware limit and itself.
 
 Every figure is a median over timed steps after warm-up ones, and every ratio compares two
-arms measured in the same run, one after the other, because a shared machine is noisy:
+arms measured in the same run, one after the other or alternating step by step, because a
+shared machine is noisy:
 
 1. training images/s of seg's ``Trainer.fit`` vs a plain PyTorch loop (same net, batch, crop,
    precision and memory format, in-memory tensors) -> ``train_vs_plain``;
 2. achieved FLOP/s (``torch.utils.flop_counter``; training = 3x forward) as a fraction of the
-   matmul rate measured now, in the precision seg uses -> ``*_roofline_fraction``;
+   matmul rate measured now, in the precision seg uses (MFU) -> ``*_roofline_fraction``;
 3. torchvision's ``fcn_resnet50`` trained as torchvision's reference does vs with seg's defaults
-   (``bench/peer.py``) -> ``vs_torchvision_reference``, plus the loss curves;
+   (``bench/peer.py``), at the reference's crop 480 -> ``vs_torchvision_reference`` and at a
+   small crop -> ``vs_torchvision_reference_small_crop``, plus the loss curves;
 4. the train input pipeline (decode + augment) vs the model's consumption -> ``loader_vs_model``;
 5. ``predict.py`` end to end vs the model alone -> ``predict_vs_model``;
-6. peak RSS of a fresh training process at batch 8, crop 320 -> ``peak_rss_mb``;
+6. peak RSS of a fresh training process at the first model's batch and crop -> ``peak_rss_mb``;
 7. ``evaluate.py`` and ``predict.py`` as subprocesses: start-up and cost per image
    (``evaluate_vs_predict``), and ``predict.py`` compiled, cold and warm inductor cache, with
-   its masks' agreement with eager's (``bench/entrypoints.py``).
+   its masks' agreement with eager's (``bench/entrypoints.py``);
+8. last (compiling is slow): compiled inference of the nets ``inference.compile=auto``
+   compiles (every net with ``--compile``), and seg's fit with ``model.compile=true`` vs eager
+   (``--train-compile``).
 
 Usage::
 
     python bench/run.py --quick --readme   # < 10 min on 2 CPU cores; updates README's table
     python bench/run.py                    # the full settings (long on a CPU)
     python bench/run.py --smoke --out /tmp/r.json   # seconds; what the tests run
+    python bench/run.py --quick --train-compile     # + training through torch.compile
+    bash bench/gpu.sh                      # --gpu: one GPU, < 10 min (see bench/README.md)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import peer
@@ -44,20 +51,8 @@ from endtoend import (
     synthetic_root,
 )
 from entrypoints import entry_points
-from hydra.utils import instantiate
 from report import markdown, update_readme
-from timing import (
-    compiled_inference_times,
-    compose_train,
-    forward_flops,
-    inference_times,
-    matmul_tflops,
-    plain_step_times,
-    random_batch,
-    seg_step_times,
-)
-
-from seg.inference.compiled import has_batch_norm
+from rows import compiled_fields, roofline, train_row, with_roofline
 
 MODELS = ("unet_resnet34", "fcn8s", "dilation_context")
 #: (batch, crop, warm-up steps, timed steps, rounds) per mode; --quick shrinks the VGG nets.
@@ -65,132 +60,117 @@ FULL = {m: (8, 320, 1, 3, 2) for m in MODELS}
 QUICK = {"unet_resnet34": (8, 320, 1, 3, 2), "fcn8s": (4, 192, 1, 3, 2)}
 QUICK["dilation_context"] = (2, 160, 1, 2, 2)
 SMOKE = {m: (2, 64, 1, 1, 1) for m in MODELS}
-#: (crop, batch, steps, warm-up) of the torchvision-reference comparison per mode.
+#: One GPU (bench/gpu.sh): larger batches and crops, more steps (a step takes milliseconds).
+GPU = {"unet_resnet34": (32, 512, 5, 20, 2), "fcn8s": (16, 512, 5, 20, 2)}
+GPU["dilation_context"] = (8, 512, 3, 10, 2)
+#: (results key, details key) of the torchvision-reference comparisons: at the reference's own
+#: crop 480, then at a small crop.
 #: (n1, n2) images of the evaluate.py / predict.py runs (start-up and per-image cost) per mode.
-ENTRY = {"full": (8, 32), "quick": (4, 16), "smoke": (1, 2)}
-PEER = {"full": (320, 8, 50, 5), "quick": (112, 4, 20, 3), "smoke": (64, 2, 4, 1)}
+ENTRY = {"full": (8, 32), "gpu": (8, 32), "quick": (4, 16), "smoke": (1, 2)}
+PEER_KEYS = (
+    ("vs_torchvision_reference", "peer"),
+    ("vs_torchvision_reference_small_crop", "peer_small_crop"),
+)
+#: (crop, batch, steps, warm-up) of each comparison of PEER_KEYS per mode. Crop 480 takes the
+#: reference's batch 4 per GPU in full mode, 2 in quick mode (an fp32 step of the peer takes
+#: 5-20 s on 2 cores) and 16 on one GPU.
+PEER = {
+    "full": ((480, 4, 30, 3), (112, 4, 30, 3)),
+    "quick": ((480, 2, 12, 2), (112, 4, 20, 3)),
+    "gpu": ((480, 16, 60, 10), (112, 32, 60, 10)),
+    "smoke": ((64, 2, 4, 1), (32, 2, 3, 1)),
+}
+#: Seconds a compile measurement is assumed to take before one has run (--budget-s).
+COMPILE_RESERVE_S = 150.0
 
 
-def train_row(
-    name: str,
-    batch: int,
-    crop: int,
-    warmup: int,
-    steps: int,
-    rounds: int,
-    compile_inference: bool = False,
-    auto_compile: bool = True,
-) -> dict:
-    """Plain loop vs seg's fit, and inference (eager, and compiled for the nets that
-    ``inference.compile=auto`` compiles, or every net with ``compile_inference``), for one
-    model; rounds alternate the two training arms."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = compose_train([f"model={name}", f"trainer={'gpu' if device == 'cuda' else 'cpu'}"])
-    bf16 = str(cfg.trainer.precision).startswith("bf16")
-    layout = (
-        torch.channels_last if cfg.model.get("channels_last", True) else torch.contiguous_format
-    )
-    x, y = random_batch(batch, crop, device)
-    torch.manual_seed(0)
-    net = instantiate(cfg.model.net).to(device)
-    flops = forward_flops(net, (1, 3, crop, crop)) * batch  # one batch, forward
-    net, x_plain = net.to(memory_format=layout).train(), x.contiguous(memory_format=layout)
-    plain, ours = [], []
-    for _ in range(rounds):
-        plain += plain_step_times(net, x_plain, y, bf16, warmup + steps)[warmup:]
-        torch.manual_seed(0)
-        ours += seg_step_times(cfg, x.cpu(), y.cpu(), warmup + steps)[warmup:]
-    channels_last = layout == torch.channels_last
-    infer = inference_times(net.eval(), x, bf16, channels_last, warmup + steps + 1)
-    plain_s, seg_s, infer_s = (statistics.median(v) for v in (plain, ours, infer[warmup:]))
-    compiled_s = compile_s = None
-    # The nets inference.compile=auto compiles (all with compile_inference; none in smoke runs).
-    if compile_inference or (auto_compile and has_batch_norm(net)):
-        times = compiled_inference_times(net, x, bf16, channels_last, steps + 1)
-        compiled_s = statistics.median(times[1:])
-        compile_s = times[0] - compiled_s
-    return {
-        "model": name,
-        "batch": batch,
-        "crop": crop,
-        "precision": str(cfg.trainer.precision),
-        "bf16": bf16,
-        "gflops_fwd": flops / 1e9,
-        "plain_img_s": batch / plain_s,
-        "seg_img_s": batch / seg_s,
-        "train_vs_plain": plain_s / seg_s,
-        "infer_img_s": batch / infer_s,
-        "compiled_infer_img_s": compiled_s and batch / compiled_s,
-        "compile_s": compile_s,
-    }
+def peer_comparisons(mode: str, workers: int, device: str) -> list[tuple[str, str, dict]]:
+    """Every torchvision-reference comparison of ``mode`` (:data:`PEER_KEYS`, :data:`PEER`).
+
+    Returns:
+        (results key, details key, record) per comparison; the record is :func:`peer.compare`'s
+        plus its crop, batch and steps.
+    """
+    out = []
+    for (key, detail), (crop, batch, steps, warmup) in zip(PEER_KEYS, PEER[mode], strict=True):
+        versus = peer.compare(synthetic_root(REPO), crop, batch, steps, warmup, workers, device)
+        out.append((key, detail, versus | {"crop": crop, "batch": batch, "steps": steps}))
+        print(f"  vs torchvision reference, {batch} x {crop}: {versus['speedup']:.2f}x", flush=True)
+    return out
 
 
-def with_roofline(row: dict, peak) -> dict:
-    """``row`` plus achieved FLOP/s as fractions of ``peak(bf16)`` (training = 3x forward)."""
-    per_image, rate = row["gflops_fwd"] * 1e9 / row["batch"], peak(row["bf16"])
-    # Inference as a long run gets it: compiled where inference.compile=auto compiles.
-    infer_img_s = row["compiled_infer_img_s"] or row["infer_img_s"]
-    fractions = {
-        "train_roofline_fraction": 3 * per_image * row["seg_img_s"] / rate,
-        "plain_roofline_fraction": 3 * per_image * row["plain_img_s"] / rate,
-        "infer_roofline_fraction": per_image * infer_img_s / rate,
-        "eager_infer_roofline_fraction": per_image * row["infer_img_s"] / rate,
-    }
-    return row | fractions
+def compile_phase(rows: list[dict], settings: dict, args: argparse.Namespace, start: float):
+    """Add the ``torch.compile`` figures (:func:`rows.compiled_fields`) to ``rows`` in place.
 
+    With ``--budget-s``, a measurement starts only when it is expected to end within the
+    budget (its expected length: the longest so far, or :data:`COMPILE_RESERVE_S`).
 
-def roofline(device: str, smoke: bool) -> dict[str, float]:
-    """Measured matmul TFLOP/s in fp32 and bf16 (n = 2048 on CPU, 8192 on GPU)."""
-    n = 512 if smoke else (8192 if device == "cuda" else 2048)
-    return {
-        "fp32_tflops": matmul_tflops(torch.float32, device, n),
-        "bf16_tflops": matmul_tflops(torch.bfloat16, device, n),
-        "matmul_n": n,
-    }
+    Returns:
+        The models whose compile measurements were skipped for lack of time.
+    """
+    skipped, longest = [], COMPILE_RESERVE_S
+    for row in rows:
+        # Inference: every net with --compile, else those inference.compile=auto compiles.
+        inference = args.compile or (row["auto_compiled"] and not args.smoke)
+        train = args.train_compile
+        if not (inference or train):
+            continue
+        if args.budget_s and time.monotonic() - start + longest > args.budget_s:
+            skipped.append(row["model"])
+            continue
+        began = time.monotonic()
+        _, _, _, steps, rounds = settings[row["model"]]
+        row |= compiled_fields(row, steps * rounds, inference, train)
+        longest = max(longest, time.monotonic() - began)
+        print(f"  {row['model']} compiled: {row}", flush=True)
+    return skipped
 
 
 def run(args: argparse.Namespace) -> dict:
     """All measurements of one mode; returns the ``results.json`` record."""
-    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    start = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "gpu" if args.gpu else "full"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    settings = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[mode]
-    models = args.models or list(MODELS)
+    if device == "cuda":  # as trainer=gpu (and torchvision's reference) do: fixed crops
+        torch.backends.cudnn.benchmark = True
+    settings = {"smoke": SMOKE, "quick": QUICK, "full": FULL, "gpu": GPU}[mode]
     info = machine()
     print(f"mode {mode}; {info}", flush=True)
     rates = [roofline(device, args.smoke)]
     print(f"matmul: {rates[-1]}", flush=True)
-
-    def peak(bf16: bool) -> float:
-        """The best matmul rate seen so far: a loaded machine only lowers the estimate."""
-        return 1e12 * max(r["bf16_tflops" if bf16 else "fp32_tflops"] for r in rates)
-
     rows = []
-    for name in models:
-        row = train_row(name, *settings[name], args.compile, auto_compile=not args.smoke)
+    for name in args.models or list(MODELS):
+        rows.append(train_row(name, *settings[name]))
         rates.append(roofline(device, args.smoke))  # re-measured between models
-        rows.append(with_roofline(row, peak))
         print(f"  {name}: {rows[-1]}", flush=True)
-    peak_rate = {k: max(r[k] for r in rates) for k in rates[0]}
-    crop, batch, steps, warmup = PEER[mode]
-    versus = peer.compare(synthetic_root(REPO), crop, batch, steps, warmup, args.workers, device)
-    print(f"  vs torchvision reference: {versus['speedup']:.2f}x", flush=True)
+    peers = peer_comparisons(mode, args.workers, device)
     root, what = data_root(REPO)
-    workers = sorted({0, 1, 2, args.workers})
-    loader = loader_rates(root, 64 if args.smoke else 320, 8, workers, 16 if args.smoke else 64)
-    main = rows[0]
+    main, images = rows[0], 16 if args.smoke else 256 if mode == "gpu" else 64
+    loader = loader_rates(root, main["crop"], 8, sorted({0, 1, 2, args.workers}), images)
     predict = predict_vs_model(main["model"], root, *((1, 1) if args.smoke else (3, 3)))
-    rss = peak_rss_mb(main["model"], *(settings[main["model"]][:2]))
+    rss = peak_rss_mb(main["model"], main["batch"], main["crop"])
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(main["model"], Path(tmp))
         entry = entry_points(ckpt, *ENTRY[mode], compiled=not args.smoke)
+    print(f"  entry points: {entry}", flush=True)
+    eager_s = time.monotonic() - start
+    skipped = compile_phase(rows, settings, args, start)
+
+    def peak(bf16: bool) -> float:
+        """The best matmul rate seen: a loaded machine only lowers the estimate."""
+        return 1e12 * max(r["bf16_tflops" if bf16 else "fp32_tflops"] for r in rates)
+
+    rows = [with_roofline(row, peak) for row in rows]
     return {
         "mode": mode,
         "machine": info | {"device": device},
-        "roofline": peak_rate,
+        "roofline": {k: max(r[k] for r in rates) for k in rates[0]},
         "train_vs_plain": {r["model"]: r["train_vs_plain"] for r in rows},
         "train_roofline_fraction": {r["model"]: r["train_roofline_fraction"] for r in rows},
         "infer_roofline_fraction": {r["model"]: r["infer_roofline_fraction"] for r in rows},
-        "vs_torchvision_reference": versus["speedup"],
+        **{key: versus["speedup"] for key, _, versus in peers},
         "loader_vs_model": loader[args.workers] / main["seg_img_s"],
         "predict_vs_model": predict["ratio"],
         "peak_rss_mb": rss,
@@ -199,16 +179,14 @@ def run(args: argparse.Namespace) -> dict:
         "details": {
             "entry_points": entry | {"model": main["model"]},
             "models": rows,
-            "peer": versus | {"crop": crop, "batch": batch, "steps": steps},
+            **{detail: versus for _, detail, versus in peers},
             "loader_img_s": {str(k): v for k, v in loader.items()},
             "loader_data": what,
             "loader_workers": args.workers,
             "predict": predict | {"model": main["model"], "data": what},
-            "peak_rss_setting": {
-                "model": main["model"],
-                "batch": main["batch"],
-                "crop": main["crop"],
-            },
+            "peak_rss_setting": {k: main[k] for k in ("model", "batch", "crop")},
+            "compile_skipped_for_time": skipped,
+            "wall_s": {"total": time.monotonic() - start, "before_compile": eager_s},
         },
     }
 
@@ -218,14 +196,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="smaller VGG runs; < 10 min on 2 cores")
     mode.add_argument("--smoke", action="store_true", help="tiny sizes; checks the harness runs")
+    mode.add_argument("--gpu", action="store_true", help="one GPU's sizes (bench/gpu.sh)")
     parser.add_argument("--models", nargs="+", choices=MODELS, help="subset of the models")
     parser.add_argument("--workers", type=int, default=2, help="loader workers (seg's default)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="time compiled inference of every model, not only "
-        "those inference.compile=auto compiles (nets with BatchNorm)",
+        help="time compiled inference of every model, not only of those inference.compile=auto "
+        "compiles (nets with BatchNorm)",
+    )
+    parser.add_argument(
+        "--train-compile",
+        action="store_true",
+        help="also time seg's fit with model.compile=true against eager, step by step",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads (default: torch's, one per core); 1 steadies the ratios on a "
+        "machine shared with other jobs, where a descheduled thread stalls every parallel region",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="skip compile measurements that would end after this many seconds of the run",
     )
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     return parser.parse_args(argv)

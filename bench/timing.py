@@ -6,10 +6,12 @@ callers take medians over several timed steps after warm-up ones.
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import lightning as L
@@ -70,21 +72,25 @@ def autocast(device: str, bf16: bool) -> Any:
     return torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def plain_step_times(
-    net: nn.Module, x: Tensor, y: Tensor, bf16: bool, steps: int, lr: float = 1e-3
-) -> list[float]:
-    """Seconds per step of a hand-written loop: forward, cross-entropy, backward, SGD step.
+def plain_stepper(
+    net: nn.Module, x: Tensor, y: Tensor, bf16: bool, lr: float = 1e-3
+) -> Callable[[], float]:
+    """One step of a hand-written loop per call: forward, cross-entropy, backward, SGD step.
 
     Args:
         net: Model in train mode, already on the device and in its memory format.
         x: Images (B, 3, H, W), already in the net's memory format.
         y: Labels (B, H, W) int64.
         bf16: Forward under bf16 autocast.
-        steps: Number of steps (warm-up included).
+
+    Returns:
+        A function that trains one step and returns its seconds.
     """
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    device, times = x.device.type, []
-    for _ in range(steps):
+    # fused, as conf/optimizer/sgd.yaml: the loop differs from seg only in the framework around it
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, fused=True)
+    device = x.device.type
+
+    def step() -> float:
         sync(device)
         start = time.perf_counter()
         with autocast(device, bf16):
@@ -94,30 +100,47 @@ def plain_step_times(
         loss.backward()
         opt.step()
         sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+        return time.perf_counter() - start
+
+    return step
+
+
+def plain_step_times(net: nn.Module, x: Tensor, y: Tensor, bf16: bool, steps: int) -> list[float]:
+    """Seconds per step of ``steps`` steps of :func:`plain_stepper` (warm-up included)."""
+    step = plain_stepper(net, x, y, bf16)
+    return [step() for _ in range(steps)]
 
 
 class StepTimer(L.Callback):
-    """Records the wall-clock time and the loss at the end of every training batch."""
+    """Records the wall-clock time and the loss of every training batch.
 
-    def __init__(self, device: str) -> None:
-        self.device, self.ends, self.losses = device, [], []
+    A step runs from the end of the previous one (or the start of training) to the end of its
+    ``on_train_batch_end``, so data fetching and every hook count. ``between``, when given, runs
+    after each step outside the timed span: another arm's step, so that two arms alternate step
+    by step and see the same load of a shared machine.
+    """
+
+    def __init__(self, device: str, between: Callable[[], Any] | None = None) -> None:
+        self.device, self.between = device, between
+        self.starts, self.ends, self.losses = [], [], []
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         sync(self.device)
-        self.ends.append(time.perf_counter())
+        self.starts.append(time.perf_counter())
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         sync(self.device)
         self.ends.append(time.perf_counter())
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss))
+        if self.between is not None:
+            self.between()
+        self.starts.append(time.perf_counter())
 
     @property
     def step_times(self) -> list[float]:
-        """Seconds per step, data fetching and every hook included."""
-        return [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
+        """Seconds per step, data fetching and every hook included, ``between`` left out."""
+        return [end - start for start, end in zip(self.starts, self.ends, strict=False)]
 
 
 class TensorBatches(Dataset):
@@ -148,14 +171,59 @@ def seg_trainer(cfg: DictConfig, timer: StepTimer, steps: int, root: str) -> L.T
     )
 
 
-def seg_step_times(cfg: DictConfig, x: Tensor, y: Tensor, steps: int) -> list[float]:
-    """Seconds per step of seg's ``Trainer.fit`` on in-memory batches (``x``, ``y`` on CPU)."""
+def seg_step_times(
+    cfg: DictConfig, x: Tensor, y: Tensor, steps: int, between: Callable[[], Any] | None = None
+) -> list[float]:
+    """Seconds per step of seg's ``Trainer.fit`` on in-memory batches (``x``, ``y`` on CPU);
+    ``between`` runs after each step, untimed (see :class:`StepTimer`)."""
     module = build_module(cfg)
     loader = DataLoader(TensorBatches(x, y, steps), batch_size=None)
-    timer = StepTimer("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+    timer = StepTimer("cuda" if cfg.trainer.accelerator == "gpu" else "cpu", between)
     with tempfile.TemporaryDirectory() as root:
         seg_trainer(cfg, timer, steps, root).fit(module, train_dataloaders=loader)
     return timer.step_times
+
+
+def compiled_train_times(
+    cfg: DictConfig, net: nn.Module, x: Tensor, y: Tensor, bf16: bool, steps: int
+) -> tuple[list[float], list[float]]:
+    """seg's fit with ``model.compile=true``, alternating step by step with an eager plain loop.
+
+    Args:
+        cfg: The ``train`` config of the model (its ``model.compile`` is set to true here).
+        net: An eager copy of the net (train mode, device, memory format) for the plain arm.
+        x: Images (B, 3, H, W) in the net's memory format; y: labels (B, H, W) int64.
+        bf16: Whether seg trains under bf16 autocast (the plain arm follows).
+        steps: Steps of each arm; the first ones of the compiled arm include the compilation.
+
+    Returns:
+        (seconds per compiled seg step, seconds per eager plain step).
+    """
+    eager = plain_stepper(net, x, y, bf16)
+    eager_times: list[float] = []
+    with open_dict(cfg):
+        cfg.model.compile = True
+    torch.manual_seed(0)
+    # A fresh inductor cache: a warm one (an earlier run's kernels) hides most of the compile time
+    with tempfile.TemporaryDirectory() as cache, _environ(TORCHINDUCTOR_CACHE_DIR=cache):
+        torch._dynamo.reset()
+        compiled = seg_step_times(cfg, x.cpu(), y.cpu(), steps, lambda: eager_times.append(eager()))
+    return compiled, eager_times
+
+
+@contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of the block."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def inference_times(

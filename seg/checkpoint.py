@@ -12,6 +12,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from torch import nn
 

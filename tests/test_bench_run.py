@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO
 
 SCRIPT = REPO / "bench" / "run.py"
 PER_MODEL = ("train_vs_plain", "train_roofline_fraction", "infer_roofline_fraction")
 SCALARS = (
     "vs_torchvision_reference",
+    "vs_torchvision_reference_small_crop",
     "loader_vs_model",
     "predict_vs_model",
     "peak_rss_mb",
@@ -43,10 +46,11 @@ def check_results(results: dict, models: tuple[str, ...]) -> None:
         assert math.isfinite(results[key]) and results[key] > 0, key
     assert {"cpu", "cores", "torch"} <= set(results["machine"])
     assert all(math.isfinite(v) for v in results["startup_s"].values())
-    peer = results["details"]["peer"]
-    assert len(peer["peer_loss"]) == len(peer["seg_loss"]) == peer["steps"]
-    # Both arms start from the same init on 21 classes: the first loss is near ln(21) (+ aux).
-    assert all(1.0 < losses[0] < 10.0 for losses in (peer["peer_loss"], peer["seg_loss"]))
+    for key in ("peer", "peer_small_crop"):
+        peer = results["details"][key]
+        assert len(peer["peer_loss"]) == len(peer["seg_loss"]) == peer["steps"]
+        # Both arms start from the same init on 21 classes: the first loss is near ln(21) (+ aux).
+        assert all(1.0 < losses[0] < 10.0 for losses in (peer["peer_loss"], peer["seg_loss"]))
 
 
 def test_smoke_run_writes_every_key(tmp_path: Path) -> None:
@@ -74,3 +78,13 @@ def test_readme_section_is_replaced(tmp_path: Path) -> None:
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="bench:start"):
         update_readme(readme, "| new |")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU it runs the whole GPU harness")
+def test_gpu_script_fails_fast_without_cuda() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SEG_GPU_DRY"} | {"PYTHON": sys.executable}
+    cmd = ["bash", str(REPO / "bench" / "gpu.sh")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "no CUDA device" in proc.stderr
+    assert proc.stdout == ""

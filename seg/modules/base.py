@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from seg.modules.compile import check_compile_option, compile_net, wants_compile
 from seg.modules.optim import (
     build_optimization,
     check_encoder_options,
@@ -64,6 +65,10 @@ class BaseModule(L.LightningModule):
             ``val/loc_acc``; its ``mode`` says whether higher is better).
         score: The validation score that says which model is best (higher is better);
             ``callbacks.model_checkpoint.monitor`` follows it.
+        compile: Train through ``torch.compile(net)`` (inductor): True, False, or ``"auto"``
+            (nets with normalisation layers, in runs with enough batches left to repay the
+            compilation; see :mod:`seg.modules.compile`). Evaluation and checkpoints use the
+            eager net.
     """
 
     def __init__(
@@ -80,8 +85,10 @@ class BaseModule(L.LightningModule):
         scheduler_interval: str = "step",
         scheduler_monitor: str | None = None,
         score: str = "val/mIoU",
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
+        compile = check_compile_option(compile)
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(
                 f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}"
@@ -102,6 +109,8 @@ class BaseModule(L.LightningModule):
         #: The scores of the last validation / test epoch, by stage ("val", "test").
         self.scores: dict[str, dict[str, Tensor]] = {}
         self._resumed_length: float | None = None
+        #: ``torch.compile(net)`` while fitting, else None (see :meth:`_compile_for_training`).
+        self._compiled_net: Any = None
 
     # -- what a subclass provides -------------------------------------------------------------
 
@@ -138,6 +147,8 @@ class BaseModule(L.LightningModule):
         """(B, 3, H, W) -> the net's output (see the contract in :mod:`seg.models`)."""
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.training and self._compiled_net is not None:
+            return self._compiled_net(x)
         return self.net(x)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -217,6 +228,26 @@ class BaseModule(L.LightningModule):
         self._resumed_length = checkpoint.get(SCHEDULE_LENGTH_KEY)
 
     def on_train_start(self) -> None:
+        self._compile_for_training()
+        self._resume_schedule()
+
+    def on_train_end(self) -> None:
+        # Drop the compiled graphs: later validation runs eagerly anyway, and a module holding
+        # them cannot be deep-copied or pickled.
+        object.__setattr__(self, "_compiled_net", None)
+
+    def _compile_for_training(self) -> None:
+        """Compile the net when ``compile`` asks for it, for the batches left in this fit."""
+        trainer = self.trainer
+        steps = min(trainer.estimated_stepping_batches, 2**31)  # inf: no step or epoch limit
+        left = int(steps - trainer.global_step) * max(trainer.accumulate_grad_batches, 1)
+        if wants_compile(self.hparams.compile, left, self.device.type, self.net):
+            log.info("Training through torch.compile (model.compile=%s)", self.hparams.compile)
+            # Not registered as a submodule: the state dict keeps the net's plain keys (no
+            # `_orig_mod.`), and evaluation, checkpoints and exports see the eager net.
+            object.__setattr__(self, "_compiled_net", compile_net(self.net))
+
+    def _resume_schedule(self) -> None:
         """On resume with another run length (``trainer.max_epochs`` / ``max_steps``), rebuild
         the schedule for the new length: the checkpoint's scheduler state would keep the old
         one, and the added epochs would train at its final learning rate (0 for poly)."""

@@ -128,9 +128,10 @@ class SegmentationModule(BaseModule):
                 raise ConfigError(
                     f"model.aux_weight={hp.aux_weight} needs a net that returns {AUX!r}"
                 )
-            aux = F.interpolate(
-                out[AUX], size=mask.shape[-2:], mode="bilinear", align_corners=False
-            )
+            aux = out[AUX]
+            if aux.shape[-2:] != mask.shape[-2:]:  # torchvision's nets return it at input size:
+                # a same-size bilinear resize would still cost a pass forward and backward
+                aux = F.interpolate(aux, size=mask.shape[-2:], mode="bilinear", align_corners=False)
             terms["aux"], weights["aux"] = ce(aux, mask), hp.aux_weight  # aux: (B, C, H, W)
         terms["loss"] = sum(weights[k] * v for k, v in terms.items())
         return terms
