@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from seg.inference.config import InferenceConfig
+from seg.inference.masks import device_of
 from seg.models.blocks import pad_to_multiple
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,22 @@ def has_batch_norm(net: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
+def inductor_available(device_type: str) -> bool:
+    """Whether inductor can generate kernels here: a C++ compiler for CPUs, Triton for GPUs."""
+    if not torch._dynamo.is_dynamo_supported():
+        return False
+    if device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return has_triton()
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        return shutil.which(get_cpp_compiler()) is not None
+    except Exception:  # no compiler found: inductor raises its own error types
+        return False
+
+
 def wants_compile(cfg: InferenceConfig, images: int | None, net: nn.Module | None = None) -> bool:
     """Whether to compile ``net`` for a run of ``images`` images (None: unknown).
 
@@ -100,7 +118,10 @@ def wants_compile(cfg: InferenceConfig, images: int | None, net: nn.Module | Non
     if cfg.compile in (True, False):
         return cfg.compile
     long_run = images is not None and images >= cfg.compile_min_images
-    return long_run and (net is None or has_batch_norm(net))
+    if not long_run or (net is not None and not has_batch_norm(net)):
+        return False
+    device = "cpu" if net is None else device_of(net).type
+    return inductor_available(device)  # auto never fails for want of a compiler
 
 
 def inductor_options(device: torch.device) -> dict[str, Any]:

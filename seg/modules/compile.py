@@ -14,7 +14,6 @@ eager net's plain state-dict keys.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from seg.errors import ConfigError
+from seg.inference.compiled import inductor_available
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +49,6 @@ def check_compile_option(value: Any) -> bool | str:
     if value not in COMPILE_OPTIONS or isinstance(value, int) and not isinstance(value, bool):
         raise ConfigError(f"model.compile={value!r} must be one of true, false, auto")
     return value
-
-
-def inductor_available(device_type: str) -> bool:
-    """Whether inductor can generate kernels here: a C++ compiler for CPUs, Triton for GPUs."""
-    if not torch._dynamo.is_dynamo_supported():
-        return False
-    if device_type == "cuda":
-        from torch.utils._triton import has_triton
-
-        return has_triton()
-    from torch._inductor.cpp_builder import get_cpp_compiler
-
-    try:
-        return shutil.which(get_cpp_compiler()) is not None
-    except Exception:  # no compiler found: inductor raises its own error types
-        return False
 
 
 def has_normalization(net: nn.Module) -> bool:
