@@ -160,8 +160,6 @@ def prepare_net(
         return net
     import torch._dynamo
 
-    from seg.inference.masks import device_of
-
     for key in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
         if hasattr(torch._dynamo.config, key):
             setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), MAX_SHAPES))
