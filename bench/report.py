@@ -43,7 +43,7 @@ def _models_table(results: dict) -> list[str]:
         f" img/s vs eager {r['infer_img_s']:.2f} ({r['compiled_infer_img_s'] / r['infer_img_s']:.2f}x"
         f"; eager {r['eager_infer_roofline_fraction']:.1%} of the roofline), compiling took "
         f"{r['infer_compile_s']:.0f} s"
-        + ("; inference.compile=auto compiles it." if r.get("auto_compiled") else ".")
+        + ("; inference.compile=auto compiles it in long runs." if r.get("auto_compiled") else ".")
         for r in results["details"]["models"]
         if r.get("compiled_infer_img_s")
     ]

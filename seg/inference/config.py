@@ -42,7 +42,7 @@ class InferenceConfig:
     channels_last: bool = False
     slide_above: int | None = None
     compile: bool | str = False
-    compile_min_images: int = 1000
+    compile_min_images: int = 10000
     bucket: int = 32
 
     def __post_init__(self) -> None:
