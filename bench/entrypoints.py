@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 from common import REPO, SHARED
@@ -96,6 +97,7 @@ def entry_points(
     repo: Path = REPO,
     compiled: bool = True,
     eager: tuple[str, ...] = ("inference.compile=false",),
+    reps: int = 1,
 ) -> dict:
     """Start-up and per-image cost of ``evaluate.py`` and ``predict.py`` (eager), and
     ``predict.py`` compiled with a cold and a warm on-disk cache, on the same images.
@@ -107,6 +109,9 @@ def entry_points(
         compiled: Also run the compiled arm.
         eager: Overrides of the eager runs (none for a checkout older than
             ``inference.compile``).
+        reps: Rounds of the four eager runs (predict n1, n2, evaluate n1, n2); each figure is
+            the median over rounds: one slope from two runs of a few seconds each moved by
+            +-0.06 s per image between rounds on a shared machine.
     """
     pairs, what = image_source()
     n2 = min(n2, len(pairs))
@@ -129,10 +134,15 @@ def entry_points(
             ]
             return timed_run(repo, "evaluate.py", [*common, *args, *eager], env)
 
-        p = line_fit(predict(n1, "p1", [*eager]), predict(n2, "p2", [*eager]), n1, n2)
-        e = line_fit(evaluate(n1), evaluate(n2), n1, n2)
-        result = {"images": what, "n": [n1, n2], "predict": p, "evaluate": e}
-        result["evaluate_vs_predict_per_image"] = e["per_image_s"] / p["per_image_s"]
+        fits = []
+        for _ in range(reps):  # alternating, so that a slower minute hits both entry points
+            p = line_fit(predict(n1, "p1", [*eager]), predict(n2, "p2", [*eager]), n1, n2)
+            fits.append((p, line_fit(evaluate(n1), evaluate(n2), n1, n2)))
+        p, e = ({k: median(f[i][k] for f in fits) for k in fits[0][i]} for i in (0, 1))
+        result = {"images": what, "n": [n1, n2], "reps": reps, "predict": p, "evaluate": e}
+        result["evaluate_vs_predict_per_image"] = median(
+            fe["per_image_s"] / fp["per_image_s"] for fp, fe in fits
+        )
         if compiled:
             on = ["inference.compile=true"]
             cold, warm = predict(n2, "c1", on), predict(n2, "c2", on)
@@ -153,13 +163,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--repo", type=Path, default=REPO)
     parser.add_argument("--model", default="unet_resnet34")
-    parser.add_argument("--n", type=int, nargs=2, default=(4, 16))
+    parser.add_argument("--n", type=int, nargs=2, default=(4, 32))
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--old", action="store_true", help="no inference.compile option there")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(args.model, Path(tmp))
         eager = () if args.old else ("inference.compile=false",)
-        result = entry_points(ckpt, *args.n, args.repo, compiled=not args.old, eager=eager)
+        result = entry_points(ckpt, *args.n, args.repo, not args.old, eager, args.reps)
     print(json.dumps(result | {"repo": str(args.repo), "model": args.model}, indent=2))
 
 
