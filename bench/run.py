@@ -63,11 +63,11 @@ SMOKE = {m: (2, 64, 1, 1, 1) for m in MODELS}
 #: One GPU (bench/gpu.sh): larger batches and crops, more steps (a step takes milliseconds).
 GPU = {"unet_resnet34": (32, 512, 5, 20, 2), "fcn8s": (16, 512, 5, 20, 2)}
 GPU["dilation_context"] = (8, 512, 3, 10, 2)
-#: (results key, details key) of the torchvision-reference comparisons: at the reference's own
-#: crop 480, then at a small crop.
 #: (n1, n2, rounds) of the evaluate.py / predict.py runs (start-up and per-image cost) per mode:
 #: 4 and 16 images once gave evaluate/predict 1.83, then 0.98-1.19 over 3 rounds of 4 and 32.
 ENTRY = {"full": (4, 32, 3), "gpu": (8, 32, 3), "quick": (4, 32, 3), "smoke": (1, 2, 1)}
+#: (results key, details key) of the torchvision-reference comparisons: at the reference's own
+#: crop 480, then at a small crop.
 PEER_KEYS = (
     ("vs_torchvision_reference", "peer"),
     ("vs_torchvision_reference_small_crop", "peer_small_crop"),
