@@ -15,7 +15,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from timing import (
-    compiled_inference_times,
     compiled_train_times,
     compose_train,
     forward_flops,
@@ -109,7 +108,7 @@ def compiled_fields(row: dict, steps: int, inference: bool, train: bool) -> dict
     device = "cuda" if torch.cuda.is_available() else "cpu"
     s, batch, out = setup(row["model"], row["batch"], row["crop"], device), row["batch"], {}
     if inference:
-        times = compiled_inference_times(s.net.eval(), s.x, s.bf16, s.channels_last, steps + 1)
+        times = inference_times(s.net, s.x, s.bf16, s.channels_last, steps + 1, compile=True)
         compiled_s = statistics.median(times[1:])
         out["compiled_infer_img_s"] = batch / compiled_s
         out["infer_compile_s"] = times[0] - compiled_s

@@ -227,33 +227,33 @@ def _environ(**values: str) -> Iterator[None]:
 
 
 def inference_times(
-    net: nn.Module, x: Tensor, bf16: bool, channels_last: bool, steps: int
+    net: nn.Module,
+    x: Tensor,
+    bf16: bool,
+    channels_last: bool,
+    steps: int,
+    compile: bool = False,
+    bucket: int = 32,
 ) -> list[float]:
-    """Seconds per batch of seg's inference path (``seg.inference.predict_probs``)."""
-    from seg.inference import InferenceConfig, predict_probs
+    """Seconds per batch of seg's inference as the entry points run it: the module
+    :func:`seg.inference.prepare_net` returns (eager: the net with bf16 weights under bf16;
+    ``compile``: inductor with freezing, the first step compiling), through ``predict_probs``.
+    ``bucket`` 32 (the nets' own padding) keeps the bench's crops unpadded, so the FLOPs
+    counted are the FLOPs run."""
+    from seg.inference import InferenceConfig, predict_probs, prepare_net
 
-    cfg = InferenceConfig(autocast=bf16, channels_last=channels_last)
+    cfg = InferenceConfig(
+        autocast=bf16, channels_last=channels_last, compile=compile, bucket=bucket
+    )
+    runner = prepare_net(net.eval(), cfg)
     times = []
     for _ in range(steps):
         sync(x.device.type)
         start = time.perf_counter()
-        predict_probs(net, x, cfg)
+        predict_probs(runner, x, cfg)
         sync(x.device.type)
         times.append(time.perf_counter() - start)
     return times
-
-
-def compiled_inference_times(
-    net: nn.Module, x: Tensor, bf16: bool, channels_last: bool, steps: int, bucket: int = 32
-) -> list[float]:
-    """Seconds per batch of seg's compiled inference (``inference.compile=true``:
-    :func:`seg.inference.prepare_net`, inductor with freezing) through the same
-    ``predict_probs``; the first step compiles. ``bucket`` 32 (the nets' own padding) keeps the
-    bench's crops unpadded, so the FLOPs counted are the FLOPs run."""
-    from seg.inference import InferenceConfig, prepare_net
-
-    cfg = InferenceConfig(autocast=bf16, channels_last=channels_last, compile=True, bucket=bucket)
-    return inference_times(prepare_net(net.eval(), cfg), x, bf16, channels_last, steps)
 
 
 def random_batch(batch: int, crop: int, device: str) -> tuple[Tensor, Tensor]:

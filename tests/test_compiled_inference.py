@@ -4,7 +4,9 @@ fp32 is checked here: compiling (inductor, freezing: BatchNorm folded into the c
 changes float rounding only, so every pixel whose eager decision is not a numerical tie keeps
 its class, and padding to a shape bucket and cropping back is exact when the bucket is the
 net's own padding rule. The bf16 figures on real photos (rounding differs more) are measured by
-``bench/run.py`` and reported in bench/README.md. No timing is asserted.
+``bench/run.py`` and reported in bench/README.md. No timing is asserted. Each compiled run
+takes over a minute on 2 cores, so the default suite runs the one through ``predict.py``; the
+API and ``evaluate.py`` ones are marked slow.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ def test_outputs_are_cropped_back_to_the_input_size() -> None:
 EXACT = ["inference.autocast=false"]
 
 
+@pytest.mark.slow  # 80 s; the default suite checks the same through predict.py below
 def test_compiled_probabilities_and_masks_equal_eager(
     checkpoint: Path, photos: Path, inductor_cache: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,6 +146,7 @@ def test_predict_py_compiled_writes_the_eager_masks(
     assert same / total > 0.9999, same / total
 
 
+@pytest.mark.slow  # 85 s; evaluate.py runs the net prepare_net returns, as predict.py does
 def test_evaluate_py_compiled_scores_as_eager(
     checkpoint: Path, photos: Path, inductor_cache: dict, tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 import seg.models.vgg as vgg
-from seg.models.blocks import bilinear_upsample_layer
+from seg.models.blocks import bilinear_upsample_layer, conv2d_as_matmul
 from seg.models.fcn import FCN, FCN8s, FCN16s, FCN32s, fixed_bilinear_upsample
 from seg.models.vgg import VGG16_IMAGENET_FILE, VGG16Encoder, load_vgg16_weights
 
@@ -241,3 +241,24 @@ def test_config_forward_backward_full_size(name: str) -> None:
     assert y.shape == (2, K, 333, 250)
     F.cross_entropy(y, torch.randint(0, K, (2, 333, 250))).backward()
     assert torch.isfinite(net.score.weight.grad).all() and net.score.weight.grad.any()
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_as_matmul_is_the_convolution(dilation: int, channels_last: bool) -> None:
+    """fc6 as a matrix product: the convolution's output and gradients, at odd sizes."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 7, (3, 2), dilation=dilation).double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv = conv.to(memory_format=fmt)
+    x = torch.randn(2, 5, 11, 8, dtype=torch.float64).contiguous(memory_format=fmt)
+    x.requires_grad_()
+    want = conv(x)
+    got = conv2d_as_matmul(x, conv)
+    assert got.shape == want.shape == (2, 7, 11 - 2 * dilation, 8 - dilation)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    grads = [
+        torch.autograd.grad(y.square().sum(), (x, conv.weight, conv.bias)) for y in (got, want)
+    ]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

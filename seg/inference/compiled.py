@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from seg.inference.config import InferenceConfig
 from seg.inference.masks import device_of
+from seg.inference.precast import Bf16Weights
 from seg.models.blocks import pad_to_multiple
 
 log = logging.getLogger(__name__)
@@ -154,10 +155,13 @@ def prepare_net(
         bucket: Pad to ``cfg.bucket``; False for nets whose inputs have a fixed size.
 
     Returns:
-        A module with the net's call signature and outputs.
+        A module with the net's call signature and outputs: the compiled net behind shape
+        buckets, or eager: with ``cfg.autocast`` a copy of the net with its weights in bf16
+        (:class:`seg.inference.precast.Bf16Weights`: the same outputs without autocast's
+        casts on every call), else ``net`` itself.
     """
     if not wants_compile(cfg, images, net):
-        return net
+        return Bf16Weights(net, cfg.channels_last) if cfg.autocast else net
     import torch._dynamo
 
     for key in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
