@@ -21,7 +21,7 @@ from timing import compose_train, random_batch, seg_step_times, sync
 
 from seg.data.sample import ensure_sample
 from seg.data.voc import VOCSegmentation, read_image
-from seg.inference import InferenceConfig, predict_probs
+from seg.inference import InferenceConfig, predict_probs, prepare_net
 from seg.predict import predict
 
 
@@ -80,6 +80,7 @@ def predict_vs_model(model: str, root: str, repeats: int, copies: int = 3) -> di
             cfg = compose(config_name="predict", overrides=overrides)
         infer = InferenceConfig.from_config(cfg)
         net, tensors = _model_and_inputs(ckpt, images)
+        net = prepare_net(net, infer, len(images))  # the module predict.py runs
         predict_probs(net, tensors[0], infer)  # warm-up
         e2e, alone = [], []
         for _ in range(repeats):

@@ -74,10 +74,10 @@ PEER_KEYS = (
 )
 #: (crop, batch, steps, warm-up) of each comparison of PEER_KEYS per mode. Crop 480 takes the
 #: reference's batch 4 per GPU in full mode, 2 in quick mode (an fp32 step of the peer takes
-#: 5-20 s on 2 cores) and 16 on one GPU.
+#: 5-20 s on 2 cores, hence 6 steps) and 16 on one GPU.
 PEER = {
     "full": ((480, 4, 30, 3), (112, 4, 30, 3)),
-    "quick": ((480, 2, 8, 2), (112, 4, 20, 3)),
+    "quick": ((480, 2, 6, 2), (112, 4, 20, 3)),
     "gpu": ((480, 16, 60, 10), (112, 32, 60, 10)),
     "smoke": ((64, 2, 4, 1), (32, 2, 3, 1)),
 }
@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(main["model"], Path(tmp))
         n1, n2, reps = ENTRY[mode]
-        entry = entry_points(ckpt, n1, n2, compiled=not args.smoke, reps=reps)
+        # predict.py compiled, cold and warm cache: 2.5 min on 2 cores, so not in --quick
+        entry = entry_points(ckpt, n1, n2, compiled=mode in ("full", "gpu"), reps=reps)
     print(f"  entry points: {entry}", flush=True)
     eager_s = time.monotonic() - start
     skipped = compile_phase(rows, settings, args, start)
