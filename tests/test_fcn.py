@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 import seg.models.vgg as vgg
-from seg.models.blocks import bilinear_upsample_layer, conv2d_as_matmul
+from seg.models.blocks import MatmulConv2d, bilinear_upsample_layer, conv2d_as_matmul
 from seg.models.fcn import FCN, FCN8s, FCN16s, FCN32s, fixed_bilinear_upsample
 from seg.models.vgg import VGG16_IMAGENET_FILE, VGG16Encoder, load_vgg16_weights
 
@@ -262,3 +262,17 @@ def test_conv_as_matmul_is_the_convolution(dilation: int, channels_last: bool) -
     ]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_fc6_product_is_a_module_hooks_see(nets: dict[int, FCN]) -> None:
+    """fc6 runs as a matrix product but stays the module explain.py hooks (one call a pass)."""
+    fc6 = nets[8].encoder.fc6
+    assert isinstance(fc6, MatmulConv2d)
+    seen = []
+    handle = fc6.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    try:
+        with torch.no_grad():
+            nets[8](torch.randn(1, 3, 70, 45))
+    finally:
+        handle.remove()
+    assert seen == [(1, 4096, 3, 2)]

@@ -178,3 +178,21 @@ def conv2d_as_matmul(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, kh * kw * c)
     out = F.linear(rows, weight, conv.bias)  # (B * oh * ow, O)
     return out.view(b, oh, ow, -1).permute(0, 3, 1, 2)  # (B, O, oh, ow)
+
+
+class MatmulConv2d(nn.Conv2d):
+    """An unpadded, stride-1 ``nn.Conv2d`` (same parameters and state dict) computed by
+    :func:`conv2d_as_matmul` when run eagerly: VGG16's fc6 in the FCNs, where it is faster.
+
+    Under ``torch.compile`` / ``torch.export`` it is a plain convolution: inductor picks its own
+    kernels, and the export's dynamic batch size does not survive the product's reshapes.
+    Forward hooks see it as any module (``explain.py`` layers).
+
+    Shapes:
+        ``forward``: (B, C, H, W) -> (B, O, H - d (kh - 1), W - d (kw - 1)).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return super().forward(x)
+        return conv2d_as_matmul(x, self)

@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 from seg.errors import PretrainedWeightsNotFoundError
-from seg.models.blocks import conv2d_as_matmul
+from seg.models.blocks import MatmulConv2d
 from seg.models.weights import load_strict, read_state_dict
 
 # torchvision's VGG16 ("D") configuration: conv widths, "M" = 2x2 max pooling.
@@ -95,7 +95,9 @@ class VGG16Encoder(nn.Module):
         # Padding is applied explicitly in forward: oneDNN's backward of a dilated 7x7 conv whose
         # implicit padding exceeds the feature map is ~100x slower on CPU (same result).
         self.fc6_padding = 3 * fc6_dilation
-        self.fc6 = nn.Conv2d(512, FC_CHANNELS, 7, dilation=fc6_dilation)
+        # FCN's fc6 sees a few dozen positions per image: a matrix product beats the convolution
+        fc6 = nn.Conv2d if dilated else MatmulConv2d
+        self.fc6 = fc6(512, FC_CHANNELS, 7, dilation=fc6_dilation)
         self.fc7 = nn.Conv2d(FC_CHANNELS, FC_CHANNELS, 1)
         self.relu = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -129,22 +131,9 @@ class VGG16Encoder(nn.Module):
         pool4 = x
         x = self.features[POOL4 + 1 : POOL5 + 1](x)  # (B, 512, H/32, W/32)
         x = F.pad(x, [self.fc6_padding] * 4)  # (B, 512, H/32 + 2p, W/32 + 2p)
-        x = self.dropout(self.relu(self._fc6(x)))  # (B, 4096, H/32, W/32)
+        x = self.dropout(self.relu(self.fc6(x)))  # (B, 4096, H/32, W/32)
         x = self.dropout(self.relu(self.fc7(x)))  # (B, 4096, H/32, W/32)
         return [pool3, pool4, x]
-
-    def _fc6(self, x: torch.Tensor) -> torch.Tensor:
-        """fc6 of padded pool5 features: (B, 512, h + 6d, w + 6d) -> (B, 4096, h, w).
-
-        A matrix product on FCN's stride-32 maps, where a few dozen positions leave oneDNN's
-        7x7 convolution far below the GEMM rate (``blocks.conv2d_as_matmul``); the convolution
-        when dilated (stride-8 maps have positions enough) and under ``torch.compile`` /
-        ``torch.export`` (inductor picks its own kernels, and the export's dynamic batch size
-        does not survive the product's reshapes).
-        """
-        if self.fc6.dilation != (1, 1) or torch.compiler.is_compiling():
-            return self.fc6(x)
-        return conv2d_as_matmul(x, self.fc6)
 
 
 def imagenet_cache_path() -> Path:
