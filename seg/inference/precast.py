@@ -23,8 +23,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from seg.inference.masks import device_of
-
 #: Layers whose operation autocast runs in bf16 on CPUs and GPUs (its "lower precision" list).
 LOWER_PRECISION = (
     nn.Conv1d,
@@ -52,7 +50,6 @@ class Bf16Weights(nn.Module):
 
     def __init__(self, net: nn.Module, channels_last: bool = False) -> None:
         super().__init__()
-        self.device_type = device_of(net).type
         self.net = copy.deepcopy(net).eval()
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -61,5 +58,5 @@ class Bf16Weights(nn.Module):
                 module.to(torch.bfloat16)  # Tensor.to keeps each weight's memory format
 
     def forward(self, x: Tensor) -> Any:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
             return self.net(x)
