@@ -20,7 +20,7 @@ from timing import (
     forward_flops,
     inference_times,
     matmul_tflops,
-    plain_step_times,
+    plain_stepper,
     random_batch,
     seg_step_times,
 )
@@ -61,15 +61,24 @@ def setup(name: str, batch: int, crop: int, device: str) -> Setup:
 
 
 def train_row(name: str, batch: int, crop: int, warmup: int, steps: int, rounds: int) -> dict:
-    """Plain loop vs seg's fit, and inference, for one model; rounds alternate the two arms."""
+    """Plain loop vs seg's fit, and inference, for one model.
+
+    The two arms alternate step by step (a plain step after each of seg's, untimed by seg's
+    timer), so both see the same load of a shared machine; ``rounds`` fits of ``warmup +
+    steps`` steps each, the warm-up steps of both arms dropped.
+    """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     s = setup(name, batch, crop, device)
     flops = forward_flops(s.net, (1, 3, crop, crop)) * batch  # one batch, forward
-    plain, ours = [], []
+    plain_step = plain_stepper(s.net.train(), s.x, s.y, s.bf16)
+    plain: list[float] = []
+    ours: list[float] = []
     for _ in range(rounds):
-        plain += plain_step_times(s.net.train(), s.x, s.y, s.bf16, warmup + steps)[warmup:]
         torch.manual_seed(0)
-        ours += seg_step_times(s.cfg, s.x.cpu(), s.y.cpu(), warmup + steps)[warmup:]
+        first = len(plain)
+        between = lambda: plain.append(plain_step())  # noqa: E731
+        ours += seg_step_times(s.cfg, s.x.cpu(), s.y.cpu(), warmup + steps, between)[warmup:]
+        del plain[first : first + warmup]
     infer = inference_times(s.net.eval(), s.x, s.bf16, s.channels_last, warmup + steps + 1)
     plain_s, seg_s, infer_s = (statistics.median(v) for v in (plain, ours, infer[warmup:]))
     return {

@@ -105,12 +105,6 @@ def plain_stepper(
     return step
 
 
-def plain_step_times(net: nn.Module, x: Tensor, y: Tensor, bf16: bool, steps: int) -> list[float]:
-    """Seconds per step of ``steps`` steps of :func:`plain_stepper` (warm-up included)."""
-    step = plain_stepper(net, x, y, bf16)
-    return [step() for _ in range(steps)]
-
-
 class StepTimer(L.Callback):
     """Records the wall-clock time and the loss of every training batch.
 
