@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +52,10 @@ def run_entry(
     script: str, *overrides: str, check: bool = True, timeout: int = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run ``python <script> <overrides>`` in the repo, as a user would (``script`` may be
-    ``-m seg.export``)."""
+    ``-m seg.export``). Hydra's run folder goes to a temporary folder unless the overrides name
+    one (``hydra.run.dir``), so that the suite leaves nothing in the checkout's ``outputs/``."""
+    if not any(o.startswith("hydra.run.dir=") for o in overrides):
+        overrides = (*overrides, f"hydra.run.dir={tempfile.mkdtemp(prefix='seg-run-')}")
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore", **(env or {})}
     proc = subprocess.run(
         [sys.executable, *script.split(), *overrides],
