@@ -10,6 +10,7 @@ from torch import nn
 
 from seg.inference import (
     InferenceConfig,
+    class_probs,
     predict_mask,
     predict_mask_banded,
     predict_probs,
@@ -178,3 +179,16 @@ def test_scores_to_mask_is_the_argmax_with_ties_and_nan(channels_last: bool) -> 
 def test_bad_inference_options_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="inference"):
         InferenceConfig(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(2, 21, 37, 53), (1, 1, 5, 7), (1, 4, 1, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_class_probs_are_the_softmax_over_classes(shape: tuple, channels_last: bool) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(shape) * 4  # (B, C, H, W)
+    if channels_last:
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    probs = class_probs(logits)
+    assert probs.shape == logits.shape
+    torch.testing.assert_close(probs, torch.softmax(logits.double(), 1).float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(probs.sum(1), torch.ones(shape[0], *shape[2:]))

@@ -23,6 +23,7 @@ from seg.inference.boxes import Localization, box_record, localize
 from seg.inference.compiled import prepare_net
 from seg.inference.config import InferenceConfig
 from seg.inference.masks import (
+    class_probs,
     image_rows,
     normalise,
     predict_mask,
@@ -38,6 +39,7 @@ __all__ = [
     "InferenceConfig",
     "Localization",
     "box_record",
+    "class_probs",
     "image_rows",
     "localize",
     "normalise",

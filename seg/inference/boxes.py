@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from seg.inference.config import InferenceConfig
-from seg.inference.masks import device_of, normalise, run_net, scores_to_mask
+from seg.inference.masks import class_probs, device_of, normalise, run_net, scores_to_mask
 from seg.models import BOX, CLS, has_seg_logits, seg_logits
 
 
@@ -43,7 +43,7 @@ def localize(
     out = run_net(net, normalise(image, transform).to(device_of(net)), cfg)
     mask = None
     if has_seg_logits(out):
-        probs = seg_logits(out).float().softmax(dim=1)  # (1, C, h', w')
+        probs = class_probs(seg_logits(out).float())  # (1, C, h', w')
         mask = scores_to_mask(probs, (h, w))[0].to(torch.uint8).cpu()
     box = out[BOX].float()[0].clamp(0, 1).cpu()
     return Localization(out[CLS].float().softmax(-1)[0].cpu(), box, mask)

@@ -69,6 +69,19 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def class_probs(logits: Tensor) -> Tensor:
+    """Softmax over the classes of logits (B, C, H, W), in their memory format.
+
+    A channels_last net's logits hold the classes innermost; softmax over dim 1 first copies
+    them to NCHW (7.7 against 3.3 ms for 21 x 375 x 500 on 2 cores), so it runs over the last
+    dimension of their NHWC view instead (the same values up to the last bit of the sums).
+    """
+    nhwc = logits.dim() == 4 and logits.is_contiguous(memory_format=torch.channels_last)
+    if nhwc and not logits.is_contiguous():  # (not both, as when C == 1 or H == W == 1)
+        return logits.movedim(1, -1).softmax(-1).movedim(-1, 1)
+    return logits.softmax(dim=1)
+
+
 def tta_probs(net: nn.Module, x: Tensor, cfg: InferenceConfig) -> Tensor:
     """Class probabilities of whole inputs, averaged over the TTA scales and flips.
 
@@ -90,7 +103,7 @@ def tta_probs(net: nn.Module, x: Tensor, cfg: InferenceConfig) -> Tensor:
             logits = logits.flip(-1) if flip else logits
             if logits.shape[-2:] != (h, w):
                 logits = _resize(logits, (h, w))
-            probs = logits.softmax(dim=1)
+            probs = class_probs(logits)
             total = probs if total is None else total + probs
     assert total is not None
     n = len(cfg.scales) * (2 if cfg.flip else 1)
