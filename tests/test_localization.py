@@ -197,7 +197,8 @@ def test_sigterm_keeps_every_finished_box(fixed_box_ckpt: Path, tmp_path: Path) 
     for i in range(400):
         Image.new("RGB", (48, 40), (i % 256, 0, 0)).save(src / f"im{i:03d}.png")
     cmd = [sys.executable, "predict.py", f"ckpt={fixed_box_ckpt}", f"input={src}"]
-    proc = subprocess.Popen([*cmd, f"output={out}"], cwd=REPO, stderr=subprocess.DEVNULL)
+    cmd += [f"output={out}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.DEVNULL)
     jsonl = out / "boxes.jsonl"
     signal_when(proc, lambda: jsonl.exists() and jsonl.read_text().count("\n") >= 5)
     assert proc.wait(timeout=120) == 143

@@ -174,6 +174,7 @@ def test_concurrent_predicts_into_one_folder_keep_both(fixed_box_ckpt, tmp_path)
     for part in ("a", "b"):
         save_photos(tmp_path / part, [f"{part}{i}.png" for i in range(6)] + ["cat.png"])
         args = [f"ckpt={fixed_box_ckpt}", f"input={tmp_path / part}", f"output={out}"]
+        args.append(f"hydra.run.dir={tmp_path / f'run-{part}'}")
         runs.append(subprocess.Popen([sys.executable, "predict.py", *args], cwd=REPO))
     assert [proc.wait(timeout=600) for proc in runs] == [0, 0]
     boxes = json.loads((out / "boxes.json").read_text())
