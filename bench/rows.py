@@ -73,10 +73,13 @@ def train_row(name: str, batch: int, crop: int, warmup: int, steps: int, rounds:
     plain_step = plain_stepper(s.net.train(), s.x, s.y, s.bf16)
     plain: list[float] = []
     ours: list[float] = []
+
+    def between() -> None:
+        plain.append(plain_step())
+
     for _ in range(rounds):
         torch.manual_seed(0)
         first = len(plain)
-        between = lambda: plain.append(plain_step())  # noqa: E731
         ours += seg_step_times(s.cfg, s.x.cpu(), s.y.cpu(), warmup + steps, between)[warmup:]
         del plain[first : first + warmup]
     infer = inference_times(s.net.eval(), s.x, s.bf16, s.channels_last, warmup + steps + 1)

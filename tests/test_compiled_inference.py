@@ -6,8 +6,9 @@ kernels, and padding to a shape bucket and cropping back is exact when the bucke
 own padding rule, so for this net the masks are equal, not merely close (real photos from
 ../shared when present). Its BatchNorm layers keep their initial statistics: with trained ones
 BatchNorm's arithmetic order differs between inductor and eager and a few near-ties flip
-(bench/README.md), which this suite does not hide behind a tolerance. No timing is asserted. Each compiled run takes over a minute on 2 cores, so the
-default suite runs the one through ``predict.py``; the API and ``evaluate.py`` ones are slow.
+(bench/README.md), which this suite does not hide behind a tolerance. No timing is asserted.
+Each compiled run takes over a minute on 2 cores, so the default suite runs the one through
+``predict.py``; the API and ``evaluate.py`` ones are slow.
 """
 
 from __future__ import annotations
