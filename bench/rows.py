@@ -26,7 +26,7 @@ from timing import (
 )
 from torch import Tensor, nn
 
-from seg.inference.compiled import has_batch_norm
+from seg.inference.precast import has_batch_norm
 
 #: Steps of the compiled training arm that include compilation (forward + backward graphs).
 COMPILE_STEPS = 2

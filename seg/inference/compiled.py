@@ -4,15 +4,15 @@
 and the Python API call it, and everything downstream (:func:`seg.inference.predict_probs`,
 :func:`seg.inference.localize`) runs the module it returns as it runs a plain net.
 
-- **What is compiled:** the net alone, by inductor with ``freezing`` (the weights pre-packed
-  for oneDNN / cuDNN; in fp32 BatchNorm folded into the convolutions) and the elementwise ops
-  fused, rounded to bf16 where eager rounds (:func:`inductor_options`). In eager bf16 on a CPU,
-  BatchNorm and the activations on channels_last tensors cost as much as the convolutions
-  (``bench/README.md``).
+- **What is compiled:** the module eager inference runs, by inductor with ``freezing`` (the
+  weights pre-packed for oneDNN / cuDNN) and the elementwise ops fused, rounded to bf16 where
+  eager rounds (:func:`inductor_options`). Under bf16 that module is the copy with BatchNorm
+  folded into bf16 convolutions (:class:`seg.inference.precast.Bf16Weights`), so both paths run
+  the same operations; in fp32 it is the net, whose BatchNorm freezing folds.
 - **Shape buckets:** inputs are padded at the bottom and right to a multiple of ``bucket``
   pixels per side with the net's own padding rule (``pad_mode``, reflection for the U-Nets) and
   the outputs cropped back. With the default of 32, the nets' own multiple, the padding is the
-  one the net would do itself, so the masks are eager's up to float rounding; one graph with
+  one the net would do itself and the masks are eager's (below); one graph with
   dynamic height and width serves every bucket (static graphs per bucket of 128 px ran no faster
   here, and padding 500 x 375 photos to 512 x 384 changed 0.05-0.2% of the pixels of a weakly
   trained net through the border context: ``bench/README.md``).
@@ -24,9 +24,11 @@ and the Python API call it, and everything downstream (:func:`seg.inference.pred
   many before they start; the Python API does not, and stays eager unless told), and only nets
   with BatchNorm (:func:`wants_compile`).
 
-The outputs are those of the eager net on the same padded input up to float rounding: bit for
-bit for nets without trained BatchNorm in bf16 on the CPU (:func:`inductor_options`), and
-0.99998 of the pixels of the quickstart's trained U-Net (``bench/README.md``).
+The outputs are eager's: bit for bit in bf16 on the CPU, trained BatchNorm included (the
+quickstart's U-Net on its 64 images; ``bench/README.md``), and within 1e-7 in fp32, where
+inductor's fold and eager's BatchNorm round differently. A net torch.fx cannot trace keeps its
+BatchNorm in both paths, which inductor computes in another order than eager's kernel (44 of
+2.8M pixels of a trained U-Net flipped that way).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from torch import Tensor, nn
 
 from seg.inference.config import InferenceConfig
 from seg.inference.masks import device_of
-from seg.inference.precast import Bf16Weights
+from seg.inference.precast import Bf16Weights, has_batch_norm
 from seg.models.blocks import pad_to_multiple
 
 log = logging.getLogger(__name__)
@@ -55,17 +57,20 @@ class Bucketed(nn.Module):
     """A compiled net behind a shape-bucketing pad: (B, 3, H, W) in, the net's outputs at (H, W).
 
     Args:
-        net: The eager net (its parameters are shared, not copied); its ``pad_mode`` attribute,
-            when it has one, is the padding rule (else zeros, that of the FCNs).
+        net: The eager module to compile (its parameters are shared, not copied).
         bucket: Pad H and W up to a multiple of this; None: no padding and a static shape
             (fixed-size inputs, e.g. a localizer's resized images, where padding would move the
             box).
         options: Inductor options (``freezing`` and the like).
+        pad_mode: The net's padding rule (its ``pad_mode``: reflection for the U-Nets; zeros,
+            that of the FCNs, when it has none).
     """
 
-    def __init__(self, net: nn.Module, bucket: int | None, options: dict[str, Any]) -> None:
+    def __init__(
+        self, net: nn.Module, bucket: int | None, options: dict[str, Any], pad_mode: str
+    ) -> None:
         super().__init__()
-        self.bucket, self.pad_mode = bucket, getattr(net, "pad_mode", "constant")
+        self.bucket, self.pad_mode = bucket, pad_mode
         # Dynamic height and width: one compilation for every bucket (and batch size).
         self.compiled = torch.compile(net, dynamic=bucket is not None, options=options)
 
@@ -89,11 +94,6 @@ def crop_outputs(out: Any, h: int, w: int) -> Any:
     return out
 
 
-def has_batch_norm(net: nn.Module) -> bool:
-    """Whether ``net`` has BatchNorm layers, which freezing folds into the convolutions."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
 def inductor_available(device_type: str) -> bool:
     """Whether inductor can generate kernels here: a C++ compiler for CPUs, Triton for GPUs."""
     if not torch._dynamo.is_dynamo_supported():
@@ -114,9 +114,10 @@ def wants_compile(cfg: InferenceConfig, images: int | None, net: nn.Module | Non
     """Whether to compile ``net`` for a run of ``images`` images (None: unknown).
 
     ``compile`` true or false decides; ``auto`` compiles when ``images`` is known and at least
-    ``compile_min_images``, and the net has BatchNorm to fold: what compiling wins is mostly
-    BatchNorm and activations fused into the convolutions;
-    the BatchNorm-free VGG nets (FCN, the dilation network) ran no faster compiled.
+    ``compile_min_images``, and the net has BatchNorm: what compiling wins is the elementwise
+    ops (the activations, the residual additions) fused into the convolutions, a few percent
+    over the eager copy with BatchNorm folded (bench/README.md); the BatchNorm-free VGG nets
+    (FCN, the dilation network) ran no faster compiled.
     """
     if cfg.compile in (True, False):
         return cfg.compile
@@ -131,12 +132,10 @@ def inductor_options(device: torch.device) -> dict[str, Any]:
     """Inductor options for inference: freezing everywhere; bf16 rounding where eager rounds;
     CUDA graphs on a GPU (fixed shapes per bucket make them replayable).
 
-    ``emulate_precision_casts``: inductor's fused elementwise kernels (BatchNorm, activations,
-    additions) otherwise keep fp32 between the ops that eager rounds to bf16 one by one, which
-    flipped 0.26% of the pixels of the voc-mini photos; with it they were eager's bit for bit
-    (the convolutions are the same oneDNN kernels) for nets without BatchNorm or with its
-    initial statistics, at the same speed here. Trained BatchNorm is still computed in another
-    order than eager's kernel: 44 of 2.8M pixels differed on the quickstart's (bench/README.md).
+    ``emulate_precision_casts``: inductor's fused elementwise kernels (activations, additions)
+    otherwise keep fp32 between the ops that eager rounds to bf16 one by one, which flipped
+    0.26% of the pixels of the voc-mini photos; with it the outputs are eager's bit for bit (the
+    convolutions are the same oneDNN kernels), at the same speed here (bench/README.md).
     """
     options: dict[str, Any] = {"freezing": True, "emulate_precision_casts": True}
     if device.type == "cuda":
@@ -170,8 +169,9 @@ def prepare_net(
         (:class:`seg.inference.precast.Bf16Weights`: the same outputs without autocast's
         casts on every call), else ``net`` itself.
     """
+    eager = Bf16Weights(net, cfg.channels_last) if cfg.autocast else net
     if not wants_compile(cfg, images, net):
-        return Bf16Weights(net, cfg.channels_last) if cfg.autocast else net
+        return eager
     import torch._dynamo
 
     for key in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
@@ -184,4 +184,6 @@ def prepare_net(
         cfg.bucket if bucket else "no",
         cache,
     )
-    return Bucketed(net, cfg.bucket if bucket else None, inductor_options(device_of(net))).eval()
+    # The eager module itself is compiled: the same folded bf16 weights, the same operations.
+    options, pad_mode = inductor_options(device_of(net)), getattr(net, "pad_mode", "constant")
+    return Bucketed(eager, cfg.bucket if bucket else None, options, pad_mode).eval()

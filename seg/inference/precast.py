@@ -1,4 +1,4 @@
-"""Eager bf16 inference with the weights rounded to bf16 once, not on every call.
+"""Eager bf16 inference on a copy of the net made for it: BatchNorm folded, weights in bf16.
 
 Under bf16 autocast each convolution and linear layer casts its fp32 weight and bias to bf16 on
 every call: autocast keeps the casts only while autograd records, and inference runs the same
@@ -6,22 +6,38 @@ weights again and again. :class:`Bf16Weights` holds a copy of the net whose conv
 and transposed-convolution parameters already are those bf16 values (the same rounding as
 autocast's), in the memory format of the inputs inference feeds it (channels_last: a
 checkpoint's net comes back NCHW, and oneDNN then reorders every weight on every call), and runs
-it under the same autocast. Every layer computes on the same numbers, so the outputs equal the
-autocast net's in that memory format bit for bit, without the casts and reorders. Measured on
-the 2-core AVX512-BF16 CPU (``bench/README.md``): eager inference 1.13-1.25x faster than
-autocast on the channels_last VGG16 nets (134M parameters; FCN-8s at 4 x 192, the dilation
-network at 2 x 160), neutral for U-Net / ResNet-34; 1.48x (FCN-8s), 1.31x (U-Net / ResNet-34),
-1.19x (dilation) on one 384 x 384 image against the NCHW net ``predict.py`` ran before.
-BatchNorm and every other layer keep their fp32 parameters, as under autocast.
+it under the same autocast: the outputs of that copy under autocast bit for bit, without the
+casts and reorders. Measured on the 2-core AVX512-BF16 CPU (``bench/README.md``): 1.13-1.25x
+faster than autocast on the channels_last VGG16 nets (134M parameters), neutral for
+U-Net / ResNet-34; 1.19-1.48x on one 384 x 384 image against the NCHW net.
+
+First, each BatchNorm that directly follows a convolution is folded into it
+(:func:`fold_batch_norm`, pairs found by torch.fx; every BatchNorm of the U-Nets, the ResNet FCNs and
+the localizers): one convolution with a bias instead of a convolution, a bf16 rounding, a
+BatchNorm and another rounding. Eager inference got 1.10x (U-Net / ResNet-34), 1.20x
+(U-Net / MobileNetV2), 1.07x (FCN-8s / ResNet-50) faster on a 384 x 512 image, and the compiled
+path compiles this same copy (:mod:`seg.inference.compiled`), so the two run the same operations
+and give the same masks (inductor computes an unfolded BatchNorm in another order than ATen's
+kernel, which flipped 44 of 2.8M pixels of a trained U-Net). Precision: the folded weight
+``w * gamma / sigma`` is rounded to bf16 once, where autocast rounds ``w`` and then the
+convolution's output; against fp32 the ImageNet MobileNetV2 features were 7.6% off folded and
+9.0% unfolded (16 voc-mini photos), the quickstart U-Net's masks 234 and 211 of 2.8M pixels off
+(``bench/README.md``). Every other layer keeps its fp32 parameters, as under autocast.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+from collections import Counter
 from typing import Any
 
 import torch
+import torch.fx
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+log = logging.getLogger(__name__)
 
 #: Layers whose operation autocast runs in bf16 on CPUs and GPUs (its "lower precision" list).
 LOWER_PRECISION = (
@@ -35,9 +51,59 @@ LOWER_PRECISION = (
 )
 
 
+def has_batch_norm(net: nn.Module) -> bool:
+    """Whether ``net`` has BatchNorm layers."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def fold_batch_norm(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` (eval mode) with each BatchNorm that is the only user of a
+    convolution's output folded into that convolution and replaced by an identity.
+
+    torch.fx traces the copy to find the pairs (a convolution called once, whose output only
+    the BatchNorm reads, and a BatchNorm called once); ``torch.nn.utils.fusion.
+    fuse_conv_bn_weights`` computes the weight ``w * gamma / sqrt(var + eps)`` and bias
+    ``beta + (b - mean) * gamma / sqrt(var + eps)``. The copy keeps the net's class, attributes
+    and forward (torch.fx's own ``fuse`` returns a GraphModule without them, and took 0.12 s
+    for U-Net / ResNet-34 where this takes 0.08 s, copy included, on every checkpoint load).
+    A net torch.fx cannot trace (Python control flow on tensor values) is copied unfolded, with
+    a log line.
+    """
+    copy_ = copy.deepcopy(net).eval()
+    if not has_batch_norm(copy_):
+        return copy_
+    try:
+        graph = torch.fx.symbolic_trace(copy_).graph
+    except Exception as err:  # tracing runs the net's own Python: any error means "cannot"
+        log.info("BatchNorm left unfolded: torch.fx cannot trace %s (%s)", type(net).__name__, err)
+        return copy_
+    modules = dict(copy_.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    for node in graph.nodes:
+        source = node.args[0] if node.op == "call_module" and node.args else None
+        if not isinstance(source, torch.fx.Node) or source.op != "call_module":
+            continue
+        conv, bn = modules[source.target], modules[node.target]
+        foldable = (
+            isinstance(bn, nn.modules.batchnorm._BatchNorm)
+            and bn.running_mean is not None  # track_running_stats
+            and isinstance(conv, nn.modules.conv._ConvNd)
+            and len(source.users) == 1
+            and calls[source.target] == calls[node.target] == 1
+        )
+        if foldable:
+            conv.weight, conv.bias = fuse_conv_bn_weights(
+                conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                bn.bias, transpose=conv.transposed,
+            )  # fmt: skip
+            copy_.set_submodule(node.target, nn.Identity())
+    return copy_
+
+
 class Bf16Weights(nn.Module):
-    """A copy of ``net`` with bf16 convolution / linear parameters, always run under bf16
-    autocast (which those parameters are rounded for).
+    """A copy of ``net`` with BatchNorm folded into the convolutions and bf16 convolution /
+    linear parameters, always run under bf16 autocast (which those parameters are rounded for):
+    the outputs of ``fold_batch_norm(net)`` under autocast, bit for bit.
 
     Args:
         net: Net in eval mode, on its device; it is copied, not changed.
@@ -50,7 +116,7 @@ class Bf16Weights(nn.Module):
 
     def __init__(self, net: nn.Module, channels_last: bool = False) -> None:
         super().__init__()
-        self.net = copy.deepcopy(net).eval()
+        self.net = fold_batch_norm(net)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         for module in self.net.modules():
