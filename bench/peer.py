@@ -131,8 +131,11 @@ def seg_run(
     workers: int,
     device: str,
     between: Callable[[], Any] | None = None,
+    compile: bool = False,
 ) -> tuple[list[float], list[float]]:
     """Train the same network with seg's defaults; ``between`` runs after each step, untimed.
+    ``compile``: ``model.compile=true``, what ``auto`` picks for a run of the reference's
+    length (tens of thousands of steps; ``seg.modules.compile``).
 
     Returns:
         (seconds per step, loss per step).
@@ -149,6 +152,7 @@ def seg_run(
             f"data.persistent_workers={workers > 0}",
             "optimizer=sgd",
             "scheduler=poly",
+            f"model.compile={compile}",
         ]
     )
     torch.manual_seed(0)
@@ -160,7 +164,14 @@ def seg_run(
 
 
 def compare(
-    root: str, crop: int, batch: int, steps: int, warmup: int, workers: int, device: str
+    root: str,
+    crop: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    workers: int,
+    device: str,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Both arms from the same init, alternating step by step (a peer step after each of seg's).
 
@@ -168,7 +179,7 @@ def compare(
     changes (2-5x here) out of the ratio. Returns the speed-up of seg and both loss curves.
     """
     reference = ReferenceArm(root, crop, batch, steps, workers, device)
-    seg_t, seg_loss = seg_run(root, crop, batch, steps, workers, device, reference.step)
+    seg_t, seg_loss = seg_run(root, crop, batch, steps, workers, device, reference.step, compile)
     peer_t, peer_loss = reference.times, reference.losses
     peer_s, seg_s = statistics.median(peer_t[warmup:]), statistics.median(seg_t[warmup:])
     return {

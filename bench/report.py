@@ -19,6 +19,12 @@ TARGETS = (
         2.5,
         True,
     ),
+    (
+        "vs_torchvision_reference_compiled",
+        "speed-up vs torchvision reference, {peer_compiled}, seg compiled (auto at its length)",
+        2.5,
+        True,
+    ),
     ("loader_vs_model", "loader img/s / model train img/s", 1.0, True),
     ("predict_vs_model", "predict.py end to end / model alone", 0.9, True),
     ("evaluate_vs_predict", "evaluate.py / predict.py, seconds per image", 1.2, False),
@@ -99,7 +105,7 @@ def _peer_settings(results: dict) -> dict[str, str]:
     details = results["details"]
     return {
         key: f"{details[key]['batch']} x {details[key]['crop']}"
-        for key in ("peer", "peer_small_crop")
+        for key in ("peer", "peer_small_crop", "peer_compiled")
         if key in details
     }
 
@@ -153,7 +159,8 @@ def markdown(results: dict) -> str:
 def _peer_line(peer: dict) -> str:
     """One comparison with torchvision's reference: s/step of both arms and the loss curves."""
     return (
-        f"- torchvision `fcn_resnet50`, reference recipe (fp32, NCHW) vs seg defaults, "
+        f"- torchvision `fcn_resnet50`, reference recipe (fp32, NCHW) vs seg defaults"
+        f"{' with model.compile=true' if peer.get('compiled') else ''}, "
         f"{peer['batch']} x {peer['crop']}, {peer['steps']} steps (alternating): "
         f"{peer['peer_s_per_step']:.2f} vs {peer['seg_s_per_step']:.2f} s/step; mean loss over "
         f"the last steps differs by {peer['loss_gap']:+.3f} (noise {peer['loss_noise']:.3f}): "

@@ -19,7 +19,8 @@ shared machine is noisy:
    its masks' agreement with eager's (``bench/entrypoints.py``);
 8. last (compiling is slow): compiled inference of the nets ``inference.compile=auto``
    compiles (every net with ``--compile``), and seg's fit with ``model.compile=true`` vs eager
-   (``--train-compile``).
+   (``--train-compile``), and then vs torchvision's reference at crop 480
+   -> ``vs_torchvision_reference_compiled`` (``auto`` compiles for a run of its length).
 
 Usage::
 
@@ -81,6 +82,14 @@ PEER = {
     "gpu": ((480, 16, 60, 10), (112, 32, 60, 10)),
     "smoke": ((64, 2, 4, 1), (32, 2, 3, 1)),
 }
+#: (crop, batch, steps, warm-up) of the comparison at crop 480 with seg's net compiled
+#: (``--train-compile``): the first steps compile the forward and backward graphs.
+PEER_COMPILED = {
+    "full": (480, 4, 30, 10),
+    "quick": (480, 2, 10, 5),
+    "gpu": (480, 16, 60, 20),
+    "smoke": (64, 2, 4, 2),
+}
 #: Seconds a compile measurement is assumed to take before one has run (--budget-s).
 COMPILE_RESERVE_S = 150.0
 
@@ -98,6 +107,20 @@ def peer_comparisons(mode: str, workers: int, device: str) -> list[tuple[str, st
         out.append((key, detail, versus | {"crop": crop, "batch": batch, "steps": steps}))
         print(f"  vs torchvision reference, {batch} x {crop}: {versus['speedup']:.2f}x", flush=True)
     return out
+
+
+def peer_compiled(mode: str, workers: int, device: str) -> tuple[str, str, dict]:
+    """torchvision's reference vs seg with ``model.compile=true`` at crop 480: ``auto``
+    compiles for a run of the reference's length, so this is seg's default there."""
+    crop, batch, steps, warmup = PEER_COMPILED[mode]
+    root = synthetic_root(REPO)
+    versus = peer.compare(root, crop, batch, steps, warmup, workers, device, compile=True)
+    print(
+        f"  vs torchvision reference, {batch} x {crop}, compiled: {versus['speedup']:.2f}x",
+        flush=True,
+    )
+    record = versus | {"crop": crop, "batch": batch, "steps": steps, "compiled": True}
+    return "vs_torchvision_reference_compiled", "peer_compiled", record
 
 
 def compile_phase(rows: list[dict], settings: dict, args: argparse.Namespace, start: float):
@@ -125,6 +148,16 @@ def compile_phase(rows: list[dict], settings: dict, args: argparse.Namespace, st
         longest = max(longest, time.monotonic() - began)
         print(f"  {row['model']} compiled: {row}", flush=True)
     return skipped
+
+
+def peer_compile_phase(args: argparse.Namespace, mode: str, device: str, start: float):
+    """The compiled peer comparison (``--train-compile``) when the budget leaves room for it;
+    returns it as a list of :func:`peer_compiled` records (empty when not run)."""
+    if not args.train_compile:
+        return []
+    if args.budget_s and time.monotonic() - start + COMPILE_RESERVE_S > args.budget_s:
+        return []
+    return [peer_compiled(mode, args.workers, device)]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -160,6 +193,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"  entry points: {entry}", flush=True)
     eager_s = time.monotonic() - start
     skipped = compile_phase(rows, settings, args, start)
+    peers += peer_compile_phase(args, mode, device, start)
 
     def peak(bf16: bool) -> float:
         """The best matmul rate seen: a loaded machine only lowers the estimate."""
@@ -212,7 +246,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--train-compile",
         action="store_true",
-        help="also time seg's fit with model.compile=true against eager, step by step",
+        help="also time seg's fit with model.compile=true against eager, step by step, and "
+        "against torchvision's reference at crop 480",
     )
     parser.add_argument(
         "--threads",

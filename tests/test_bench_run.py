@@ -88,3 +88,19 @@ def test_gpu_script_fails_fast_without_cuda() -> None:
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "no CUDA device" in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.slow  # compiles seg's training twice: minutes on 2 cores
+def test_train_compile_adds_the_compiled_peer(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--train-compile", "--out", str(out)]
+    proc = subprocess.run(
+        [*cmd, "--models", "unet_resnet34"], cwd=REPO, capture_output=True, text=True, timeout=1800
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert math.isfinite(results["vs_torchvision_reference_compiled"])
+    peer = results["details"]["peer_compiled"]
+    assert peer["compiled"] and len(peer["seg_loss"]) == peer["steps"]
+    assert "seg compiled (auto at its length)" in (tmp_path / "results.md").read_text()
+    assert "vs seg defaults with model.compile=true" in (tmp_path / "results.md").read_text()
