@@ -25,8 +25,9 @@ and the Python API call it, and everything downstream (:func:`seg.inference.pred
   with BatchNorm (:func:`wants_compile`).
 
 The outputs are eager's: bit for bit in bf16 on the CPU, trained BatchNorm included (the
-quickstart's U-Net on its 64 images; ``bench/README.md``), and within 1e-7 in fp32, where
-inductor's fold and eager's BatchNorm round differently. A net torch.fx cannot trace keeps its
+quickstart's U-Net on its 64 images; ``bench/README.md``); in fp32 up to float rounding, where
+inductor's fold and eager's BatchNorm round differently (the same U-Net's masks were equal on
+the 32 voc-mini photos). A net torch.fx cannot trace keeps its
 BatchNorm in both paths, which inductor computes in another order than eager's kernel (44 of
 2.8M pixels of a trained U-Net flipped that way).
 """
@@ -165,9 +166,9 @@ def prepare_net(
 
     Returns:
         A module with the net's call signature and outputs: the compiled net behind shape
-        buckets, or eager: with ``cfg.autocast`` a copy of the net with its weights in bf16
-        (:class:`seg.inference.precast.Bf16Weights`: the same outputs without autocast's
-        casts on every call), else ``net`` itself.
+        buckets, or eager: with ``cfg.autocast`` a copy of the net with BatchNorm folded and
+        its weights in bf16 (:class:`seg.inference.precast.Bf16Weights`: no autocast casts on
+        every call), else ``net`` itself. Compiled, the same module runs behind the buckets.
     """
     eager = Bf16Weights(net, cfg.channels_last) if cfg.autocast else net
     if not wants_compile(cfg, images, net):
