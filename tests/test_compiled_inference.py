@@ -15,6 +15,7 @@ Each compiled run takes over a minute on 2 cores, so the default suite runs the 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from PIL import Image
 
 import seg
 from seg.inference import InferenceConfig, prepare_net
-from seg.inference.compiled import Bucketed, crop_outputs, wants_compile
+from seg.inference.compiled import Bucketed, crop_outputs, quiet_cuda_notice, wants_compile
 from seg.inference.precast import Bf16Weights, has_batch_norm
 
 #: The same shape for every photo, not a multiple of 32: one compilation, and padding matters.
@@ -108,6 +109,23 @@ def test_the_compiled_module_is_the_eager_one() -> None:
     assert fp32.compiled._orig_mod is net  # fp32: inductor's freezing folds BatchNorm itself
 
 
+def test_only_the_cuda_notice_is_dropped_on_a_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    before = list(logger.filters)
+    try:
+        quiet_cuda_notice("cuda")
+        assert logger.filters == before  # a GPU compile keeps it: there it is news
+        quiet_cuda_notice("cpu")
+        quiet_cuda_notice("cpu")  # added once
+        assert len(logger.filters) == len(before) + 1
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+            logger.warning("something else")
+        assert [r.getMessage() for r in caplog.records] == ["something else"]
+    finally:
+        logger.filters[:] = before
+
+
 def test_bad_compile_value_is_refused() -> None:
     with pytest.raises(ValueError, match="inference.compile"):
         InferenceConfig(compile="sometimes")
@@ -154,6 +172,7 @@ def test_predict_py_compiled_writes_the_eager_masks(
         env=inductor_cache,
     )
     assert "4 written" in proc.stdout
+    assert "No CUDA runtime" not in proc.stderr  # torch's notice, noise for a CPU compile
     pngs = sorted((tmp_path / "eager").glob("*.png"))
     assert len(pngs) == 4
     for png in pngs:

@@ -111,6 +111,22 @@ def inductor_available(device_type: str) -> bool:
         return False
 
 
+class CpuCudaNotice(logging.Filter):
+    """Drops torch's "No CUDA runtime is found" warning: inductor's C++ build imports
+    ``torch.utils.cpp_extension``, which prints it on any machine with a CUDA toolkit and no GPU,
+    though a compile for the CPU needs no CUDA. Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def quiet_cuda_notice(device_type: str) -> None:
+    """Before compiling for the CPU: drop that one line (the filter is added once)."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if device_type == "cpu" and not any(isinstance(f, CpuCudaNotice) for f in logger.filters):
+        logger.addFilter(CpuCudaNotice())
+
+
 def wants_compile(cfg: InferenceConfig, images: int | None, net: nn.Module | None = None) -> bool:
     """Whether to compile ``net`` for a run of ``images`` images (None: unknown).
 
@@ -179,6 +195,7 @@ def prepare_net(
         if hasattr(torch._dynamo.config, key):
             setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), MAX_SHAPES))
     cache = use_cache_dir()
+    quiet_cuda_notice(device_of(net).type)
     log.info(
         "compiling the net for inference (inductor, freezing; shape buckets of %s px; cache %s); "
         "inference.compile=false skips this",

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from seg.errors import ConfigError
-from seg.inference.compiled import inductor_available
+from seg.inference.compiled import inductor_available, quiet_cuda_notice
+from seg.inference.masks import device_of
 
 log = logging.getLogger(__name__)
 
@@ -78,4 +79,5 @@ def wants_compile(option: bool | str, batches_left: int, device_type: str, net: 
 
 def compile_net(net: nn.Module) -> Callable[..., Any]:
     """``torch.compile(net)`` with inductor; the result shares ``net``'s parameters."""
+    quiet_cuda_notice(device_of(net).type)
     return torch.compile(net, backend="inductor")
