@@ -101,26 +101,27 @@ def peer_comparisons(mode: str, workers: int, device: str) -> list[tuple[str, st
         (results key, details key, record) per comparison; the record is :func:`peer.compare`'s
         plus its crop, batch and steps.
     """
-    out = []
-    for (key, detail), (crop, batch, steps, warmup) in zip(PEER_KEYS, PEER[mode], strict=True):
-        versus = peer.compare(synthetic_root(REPO), crop, batch, steps, warmup, workers, device)
-        out.append((key, detail, versus | {"crop": crop, "batch": batch, "steps": steps}))
-        print(f"  vs torchvision reference, {batch} x {crop}: {versus['speedup']:.2f}x", flush=True)
-    return out
+    return [
+        peer_comparison(key, detail, setting, workers, device)
+        for (key, detail), setting in zip(PEER_KEYS, PEER[mode], strict=True)
+    ]
 
 
-def peer_compiled(mode: str, workers: int, device: str) -> tuple[str, str, dict]:
-    """torchvision's reference vs seg with ``model.compile=true`` at crop 480: ``auto``
-    compiles for a run of the reference's length, so this is seg's default there."""
-    crop, batch, steps, warmup = PEER_COMPILED[mode]
-    root = synthetic_root(REPO)
-    versus = peer.compare(root, crop, batch, steps, warmup, workers, device, compile=True)
-    print(
-        f"  vs torchvision reference, {batch} x {crop}, compiled: {versus['speedup']:.2f}x",
-        flush=True,
+def peer_comparison(
+    key: str, detail: str, setting: tuple, workers: int, device: str, compile: bool = False
+) -> tuple[str, str, dict]:
+    """One comparison at ``setting`` (crop, batch, steps, warm-up); ``compile``: seg's net
+    through ``model.compile=true``."""
+    crop, batch, steps, warmup = setting
+    versus = peer.compare(
+        synthetic_root(REPO), crop, batch, steps, warmup, workers, device, compile=compile
     )
-    record = versus | {"crop": crop, "batch": batch, "steps": steps, "compiled": True}
-    return "vs_torchvision_reference_compiled", "peer_compiled", record
+    shown = ", compiled" if compile else ""
+    print(
+        f"  vs torchvision reference, {batch} x {crop}{shown}: {versus['speedup']:.2f}x", flush=True
+    )
+    record = versus | {"crop": crop, "batch": batch, "steps": steps}
+    return key, detail, record | ({"compiled": True} if compile else {})
 
 
 def compile_phase(rows: list[dict], settings: dict, args: argparse.Namespace, start: float):
@@ -151,13 +152,15 @@ def compile_phase(rows: list[dict], settings: dict, args: argparse.Namespace, st
 
 
 def peer_compile_phase(args: argparse.Namespace, mode: str, device: str, start: float):
-    """The compiled peer comparison (``--train-compile``) when the budget leaves room for it;
-    returns it as a list of :func:`peer_compiled` records (empty when not run)."""
+    """With ``--train-compile``, torchvision's reference vs seg with ``model.compile=true`` at
+    crop 480 (``auto`` compiles for a run of the reference's length, so this is seg's default
+    there), when the budget leaves room; returns its record in a list (empty when not run)."""
     if not args.train_compile:
         return []
     if args.budget_s and time.monotonic() - start + COMPILE_RESERVE_S > args.budget_s:
         return []
-    return [peer_compiled(mode, args.workers, device)]
+    key = ("vs_torchvision_reference_compiled", "peer_compiled")
+    return [peer_comparison(*key, PEER_COMPILED[mode], args.workers, device, compile=True)]
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -27,9 +27,9 @@ and the Python API call it, and everything downstream (:func:`seg.inference.pred
 The outputs are eager's: bit for bit in bf16 on the CPU, trained BatchNorm included (the
 quickstart's U-Net on its 64 images; ``bench/README.md``); in fp32 up to float rounding, where
 inductor's fold and eager's BatchNorm round differently (the same U-Net's masks were equal on
-the 32 voc-mini photos). A net torch.fx cannot trace keeps its
-BatchNorm in both paths, which inductor computes in another order than eager's kernel (44 of
-2.8M pixels of a trained U-Net flipped that way).
+the 32 voc-mini photos). A net torch.fx cannot trace keeps its BatchNorm in both paths, which
+inductor computes in another order than eager's kernel (44 of 2.8M pixels of a trained U-Net
+flipped that way).
 """
 
 from __future__ import annotations
@@ -194,8 +194,8 @@ def prepare_net(
     for key in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
         if hasattr(torch._dynamo.config, key):
             setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), MAX_SHAPES))
-    cache = use_cache_dir()
-    quiet_cuda_notice(device_of(net).type)
+    cache, device = use_cache_dir(), device_of(net)
+    quiet_cuda_notice(device.type)
     log.info(
         "compiling the net for inference (inductor, freezing; shape buckets of %s px; cache %s); "
         "inference.compile=false skips this",
@@ -203,5 +203,7 @@ def prepare_net(
         cache,
     )
     # The eager module itself is compiled: the same folded bf16 weights, the same operations.
-    options, pad_mode = inductor_options(device_of(net)), getattr(net, "pad_mode", "constant")
-    return Bucketed(eager, cfg.bucket if bucket else None, options, pad_mode).eval()
+    pad_mode = getattr(net, "pad_mode", "constant")
+    return Bucketed(
+        eager, cfg.bucket if bucket else None, inductor_options(device), pad_mode
+    ).eval()

@@ -12,9 +12,9 @@ faster than autocast on the channels_last VGG16 nets (134M parameters), neutral 
 U-Net / ResNet-34; 1.19-1.48x on one 384 x 384 image against the NCHW net.
 
 First, each BatchNorm that directly follows a convolution is folded into it
-(:func:`fold_batch_norm`, pairs found by torch.fx; every BatchNorm of the U-Nets, the ResNet FCNs and
-the localizers): one convolution with a bias instead of a convolution, a bf16 rounding, a
-BatchNorm and another rounding. Eager inference got 1.10x (U-Net / ResNet-34), 1.20x
+(:func:`fold_batch_norm`, pairs found by torch.fx; every BatchNorm of the U-Nets, the ResNet
+FCNs and the localizers): one convolution with a bias instead of a convolution, a bf16
+rounding, a BatchNorm and another rounding. Eager inference got 1.10x (U-Net / ResNet-34), 1.20x
 (U-Net / MobileNetV2), 1.07x (FCN-8s / ResNet-50) faster on a 384 x 512 image, and the compiled
 path compiles this same copy (:mod:`seg.inference.compiled`), so the two run the same operations
 and give the same masks (inductor computes an unfolded BatchNorm in another order than ATen's
@@ -78,26 +78,35 @@ def fold_batch_norm(net: nn.Module) -> nn.Module:
         log.info("BatchNorm left unfolded: torch.fx cannot trace %s (%s)", type(net).__name__, err)
         return copy_
     modules = dict(copy_.named_modules())
+    for conv_name, bn_name in conv_bn_pairs(graph, modules):
+        conv, bn = modules[conv_name], modules[bn_name]
+        conv.weight, conv.bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias,
+            transpose=conv.transposed,
+        )  # fmt: skip
+        copy_.set_submodule(bn_name, nn.Identity())
+    return copy_
+
+
+def conv_bn_pairs(graph: torch.fx.Graph, modules: dict[str, nn.Module]) -> list[tuple[str, str]]:
+    """(convolution, BatchNorm) module names of ``graph`` that fold: each called once, the
+    BatchNorm with running statistics and the convolution's only user."""
     calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    pairs = []
     for node in graph.nodes:
         source = node.args[0] if node.op == "call_module" and node.args else None
         if not isinstance(source, torch.fx.Node) or source.op != "call_module":
             continue
         conv, bn = modules[source.target], modules[node.target]
-        foldable = (
+        if (
             isinstance(bn, nn.modules.batchnorm._BatchNorm)
             and bn.running_mean is not None  # track_running_stats
             and isinstance(conv, nn.modules.conv._ConvNd)
             and len(source.users) == 1
             and calls[source.target] == calls[node.target] == 1
-        )
-        if foldable:
-            conv.weight, conv.bias = fuse_conv_bn_weights(
-                conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
-                bn.bias, transpose=conv.transposed,
-            )  # fmt: skip
-            copy_.set_submodule(node.target, nn.Identity())
-    return copy_
+        ):
+            pairs.append((source.target, node.target))
+    return pairs
 
 
 class Bf16Weights(nn.Module):
