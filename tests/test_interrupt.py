@@ -79,15 +79,25 @@ def start_paused(sample_root: Path, base: Path, name: str) -> tuple[subprocess.P
     return proc, flag
 
 
-def signal_when_paused(proc: subprocess.Popen, flag: Path, signum: int, timeout: float = 240):
-    """Send ``signum`` to ``proc`` once it waits at the pause; wait for it to exit."""
+def signal_when_paused(runs: dict, timeout: float = 240) -> None:
+    """Send each run its signal as soon as it waits at the pause, then wait for all to exit.
+
+    ``runs`` maps a signal to its ``(process, flag)``. The runs are served in the order they
+    pause, not one after the other: PauseAt gives up after 120 s, and a run that paused while
+    the test still waited on the other one's exit timed out in CI (exit 1, not 130).
+    """
     deadline = time.monotonic() + timeout
-    while not flag.exists():
-        assert proc.poll() is None, f"train.py exited early ({proc.returncode})"
+    waiting = dict(runs)
+    while waiting:
+        for signum, (proc, flag) in list(waiting.items()):
+            assert proc.poll() is None, f"train.py exited early ({proc.returncode})"
+            if flag.exists():
+                proc.send_signal(signum)
+                del waiting[signum]
         assert time.monotonic() < deadline, "train.py never reached step 3"
         time.sleep(0.2)
-    proc.send_signal(signum)
-    proc.wait(timeout=120)
+    for proc, _ in runs.values():
+        proc.wait(timeout=240)  # a slow exit once took ~2 min on a busy CI machine
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +106,7 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory, sample_root: Path) -> 
     base = tmp_path_factory.mktemp("interrupted")
     runs = {s: start_paused(sample_root, base, s.name) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for signum, (proc, flag) in runs.items():
-            signal_when_paused(proc, flag, signum)
+        signal_when_paused(runs)
     finally:
         for proc, _ in runs.values():
             if proc.poll() is None:
