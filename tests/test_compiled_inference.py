@@ -115,6 +115,15 @@ def test_the_compiled_module_is_the_eager_one() -> None:
     assert fp32.compiled._orig_mod is net  # fp32: inductor's freezing folds BatchNorm itself
 
 
+def test_seg_load_compiles_when_told_the_run_is_long(checkpoint: Path) -> None:
+    """``seg.load(ckpt, images=N)``, as the README writes it: ``auto`` compiles for a run of at
+    least ``compile_min_images`` images (lazily: nothing is compiled here) and not below."""
+    short = ["inference.compile_min_images=5"]
+    assert isinstance(seg.load(checkpoint, short, device="cpu", images=5).runner, Bucketed)
+    assert not isinstance(seg.load(checkpoint, short, device="cpu", images=4).runner, Bucketed)
+    assert not isinstance(seg.load(checkpoint, device="cpu").runner, Bucketed)  # count unknown
+
+
 def test_only_the_cuda_notice_is_dropped_on_a_cpu(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("torch.utils.cpp_extension")
     before = list(logger.filters)  # an earlier compile in this process may have added it
