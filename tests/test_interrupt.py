@@ -62,6 +62,17 @@ class Interrupted:
     run_dir: Path
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child, before exec: SIGINT's default action, whatever the test run inherited.
+
+    A shell starts a background job (``pytest ... &`` in a script) with SIGINT ignored, the
+    child inherits that, and Python then installs no KeyboardInterrupt handler: the SIGINT run
+    never stopped (PauseAt's TimeoutError, exit 1). Python sets its handler at start-up only
+    when SIGINT is not ignored.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_paused(sample_root: Path, base: Path, name: str) -> tuple[subprocess.Popen, Path]:
     """Start ``train.py`` held before step 3; return the process and its pause flag file."""
     flag = base / f"{name}.flag"
@@ -75,6 +86,7 @@ def start_paused(sample_root: Path, base: Path, name: str) -> tuple[subprocess.P
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_ctrl_c_as_in_a_terminal,
         )
     return proc, flag
 
@@ -82,9 +94,8 @@ def start_paused(sample_root: Path, base: Path, name: str) -> tuple[subprocess.P
 def signal_when_paused(runs: dict, timeout: float = 240) -> None:
     """Send each run its signal as soon as it waits at the pause, then wait for all to exit.
 
-    ``runs`` maps a signal to its ``(process, flag)``. The runs are served in the order they
-    pause, not one after the other: PauseAt gives up after 120 s, and a run that paused while
-    the test still waited on the other one's exit timed out in CI (exit 1, not 130).
+    ``runs`` maps a signal to its ``(process, flag)``; each is served as soon as it pauses, not
+    after the other one has exited (PauseAt gives up after 120 s).
     """
     deadline = time.monotonic() + timeout
     waiting = dict(runs)
@@ -97,7 +108,7 @@ def signal_when_paused(runs: dict, timeout: float = 240) -> None:
         assert time.monotonic() < deadline, "train.py never reached step 3"
         time.sleep(0.2)
     for proc, _ in runs.values():
-        proc.wait(timeout=240)  # a slow exit once took ~2 min on a busy CI machine
+        proc.wait(timeout=120)
 
 
 @pytest.fixture(scope="module")
