@@ -85,20 +85,22 @@ class Model:
         loaded = load_checkpoint(ckpt)
         self.path = Path(ckpt)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.net = build_net(loaded, ckpt).to(self.device)
+        net = build_net(loaded, ckpt).to(self.device)
         self.transform = instantiate(loaded["seg_config"]["augment"]["eval"])
         self.infer = infer
         self.classes, self.palette = checkpoint_classes(loaded)
         #: Names of the class logits of a localization net; None for a segmentation net.
         self.logit_names = checkpoint_logit_names(loaded) if is_localization(loaded) else None
-        self.predicts_masks = self.logit_names is None or self._has_mask_output()
+        self.predicts_masks = self.logit_names is None or self._has_mask_output(net)
         # What inference runs: the net, or the net compiled (a localizer's inputs have one
-        # fixed size, so its shapes are never bucketed: padding would move its box).
-        self.runner = prepare_net(self.net, infer, images, bucket=self.logit_names is None)
+        # fixed size, so its shapes are never bucketed: padding would move its box). The net
+        # is handed over: its bf16 copy is made in place, not beside it (one set of weights).
+        bucket = self.logit_names is None
+        self.runner = prepare_net(net, infer, images, bucket=bucket, owned=True)
 
     @torch.inference_mode()
-    def _has_mask_output(self) -> bool:
-        return has_seg_logits(self.net(torch.zeros(1, 3, 64, 64, device=self.device)))
+    def _has_mask_output(self, net: torch.nn.Module) -> bool:
+        return has_seg_logits(net(torch.zeros(1, 3, 64, 64, device=self.device)))
 
     @staticmethod
     def rgb(image: ImageLike) -> np.ndarray:

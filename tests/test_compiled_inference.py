@@ -14,6 +14,7 @@ Each compiled run takes over a minute on 2 cores, so the default suite runs the 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -113,6 +114,25 @@ def test_the_compiled_module_is_the_eager_one() -> None:
     assert isinstance(eager, Bf16Weights) and not has_batch_norm(compiled.compiled._orig_mod)
     fp32 = prepare_net(net, InferenceConfig(compile=True, autocast=False))
     assert fp32.compiled._orig_mod is net  # fp32: inductor's freezing folds BatchNorm itself
+
+
+def test_a_handed_over_net_is_folded_in_place_with_the_same_outputs() -> None:
+    """``owned=True`` (what ``seg.load`` and ``predict.py`` pass) makes the bf16 copy of the net
+    itself, not of a copy of it; ``auto`` still sees its BatchNorm (asked before the fold), and
+    the outputs equal those of the copy made beside the net, bit for bit."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():  # statistics as after training, so that the fold changes the weights
+        net[1].running_var.uniform_(0.5, 1.5), net[1].weight.uniform_(0.5, 1.5)
+    kept = prepare_net(net, InferenceConfig(autocast=True, channels_last=True))
+    x = torch.randn(2, 3, 13, 17)
+    want = kept(x.contiguous(memory_format=torch.channels_last))
+    cfg = InferenceConfig(compile="auto", compile_min_images=5, autocast=True, channels_last=True)
+    same = copy.deepcopy(net)
+    assert isinstance(prepare_net(copy.deepcopy(net), cfg, 5, owned=True), Bucketed)
+    handed = prepare_net(same, InferenceConfig(autocast=True, channels_last=True), owned=True)
+    assert handed.net is same and not has_batch_norm(same) and has_batch_norm(net)
+    assert torch.equal(handed(x.contiguous(memory_format=torch.channels_last)), want)
 
 
 def test_seg_load_compiles_when_told_the_run_is_long(checkpoint: Path) -> None:

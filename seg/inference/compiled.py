@@ -170,7 +170,11 @@ def use_cache_dir() -> Path:
 
 
 def prepare_net(
-    net: nn.Module, cfg: InferenceConfig, images: int | None = None, bucket: bool = True
+    net: nn.Module,
+    cfg: InferenceConfig,
+    images: int | None = None,
+    bucket: bool = True,
+    owned: bool = False,
 ) -> nn.Module:
     """The module inference runs: ``net`` itself, or compiled behind shape buckets.
 
@@ -179,6 +183,8 @@ def prepare_net(
         cfg: ``compile`` (auto / true / false), ``compile_min_images`` and ``bucket``.
         images: How many images the run will predict (None: unknown).
         bucket: Pad to ``cfg.bucket``; False for nets whose inputs have a fixed size.
+        owned: The caller hands ``net`` over and will not use it again: the bf16 copy is made
+            of ``net`` itself (changed in place), not of a copy of it.
 
     Returns:
         A module with the net's call signature and outputs: the compiled net behind shape
@@ -186,15 +192,17 @@ def prepare_net(
         its weights in bf16 (:class:`seg.inference.precast.Bf16Weights`: no autocast casts on
         every call), else ``net`` itself. Compiled, the same module runs behind the buckets.
     """
-    eager = Bf16Weights(net, cfg.channels_last) if cfg.autocast else net
-    if not wants_compile(cfg, images, net):
+    compile_ = wants_compile(cfg, images, net)  # asked before the fold takes BatchNorm out
+    pad_mode = getattr(net, "pad_mode", "constant")
+    eager = Bf16Weights(net, cfg.channels_last, inplace=owned) if cfg.autocast else net
+    if not compile_:
         return eager
     import torch._dynamo
 
     for key in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
         if hasattr(torch._dynamo.config, key):
             setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), MAX_SHAPES))
-    cache, device = use_cache_dir(), device_of(net)
+    cache, device = use_cache_dir(), device_of(eager)
     quiet_cuda_notice(device.type)
     log.info(
         "compiling the net for inference (inductor, freezing; shape buckets of %s px; cache %s); "
@@ -203,7 +211,6 @@ def prepare_net(
         cache,
     )
     # The eager module itself is compiled: the same folded bf16 weights, the same operations.
-    pad_mode = getattr(net, "pad_mode", "constant")
     return Bucketed(
         eager, cfg.bucket if bucket else None, inductor_options(device), pad_mode
     ).eval()
