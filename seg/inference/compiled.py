@@ -188,9 +188,10 @@ def prepare_net(
 
     Returns:
         A module with the net's call signature and outputs: the compiled net behind shape
-        buckets, or eager: with ``cfg.autocast`` a copy of the net with BatchNorm folded and
-        its weights in bf16 (:class:`seg.inference.precast.Bf16Weights`: no autocast casts on
-        every call), else ``net`` itself. Compiled, the same module runs behind the buckets.
+        buckets, or eager: with ``cfg.autocast`` a copy of the net (the net itself when
+        ``owned``) with BatchNorm folded and its weights in bf16
+        (:class:`seg.inference.precast.Bf16Weights`: no autocast casts on every call), else
+        ``net`` itself. Compiled, the same module runs behind the buckets.
     """
     compile_ = wants_compile(cfg, images, net)  # asked before the fold takes BatchNorm out
     pad_mode = getattr(net, "pad_mode", "constant")
