@@ -52,10 +52,13 @@ def loader_rates(root: str, crop: int, batch: int, workers: list[int], images: i
 
 
 def make_checkpoint(model: str, out: Path) -> Path:
-    """A seg checkpoint (random init) of ``model`` as ``train.py`` writes it: config + weights."""
+    """A seg checkpoint (random init) of ``model`` as ``train.py`` writes it: config + weights,
+    the weights channels_last when the module trains so (``model.channels_last``)."""
     cfg = compose_train([f"model={model}", f"paths.output_dir={out}"])
     torch.manual_seed(0)
     net = instantiate(cfg.model.net)
+    if cfg.model.get("channels_last", False):  # as BaseModule.setup leaves it
+        net.to(memory_format=torch.channels_last)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     path = out / f"{model}.ckpt"
     config = OmegaConf.to_container(cfg, resolve=True)

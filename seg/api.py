@@ -85,7 +85,8 @@ class Model:
         loaded = load_checkpoint(ckpt)
         self.path = Path(ckpt)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        net = build_net(loaded, ckpt).to(self.device)
+        layout = torch.channels_last if infer.channels_last else torch.contiguous_format
+        net = build_net(loaded, ckpt, layout).to(self.device)  # the layout inference runs in
         self.transform = instantiate(loaded["seg_config"]["augment"]["eval"])
         self.infer = infer
         self.classes, self.palette = checkpoint_classes(loaded)

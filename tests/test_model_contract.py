@@ -99,6 +99,32 @@ def test_rebuilt_net_skips_the_random_init_and_equals_the_trained_one(model: str
     assert all(torch.equal(a, b) for a, b in pairs)
 
 
+def test_rebuilt_net_takes_the_checkpoint_tensors_in_the_layout_and_dtype_asked() -> None:
+    """The meta-device build takes the loaded tensors as its own: no second copy of the weights
+    when they are in the layout asked (train.py saves a conv net channels_last, the layout
+    inference runs in). By default the weights come back contiguous, as the constructor lays
+    them out (a channels_last weight made torch.export specialise the batch to 1), and a bf16
+    checkpoint (``precision=bf16-true``) still gives an fp32 net, as a copy into the
+    initialised net did."""
+    cfg = compose("train", "model=unet_mobilenetv2")
+    torch.manual_seed(0)
+    net = instantiate(cfg.model.net).eval().to(memory_format=torch.channels_last)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    rebuilt = build_net({"seg_config": config, "state_dict": state}, "x", torch.channels_last)
+    pointers = {v.data_ptr() for v in state.values()}
+    assert all(p.data_ptr() in pointers for p in rebuilt.parameters())
+    rebuilt = build_net({"seg_config": config, "state_dict": state})
+    assert all(p.is_contiguous() for p in rebuilt.parameters())
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    rebuilt = build_net({"seg_config": config, "state_dict": half})
+    assert {p.dtype for p in rebuilt.parameters()} == {torch.float32}
+    x = torch.randn(1, 3, 45, 67)
+    with torch.no_grad():
+        want = net.to(torch.bfloat16).float().to(memory_format=torch.contiguous_format)(x)
+        assert torch.equal(rebuilt(x), want)
+
+
 class PlainTensorNet(nn.Module):
     """A tensor the state dict does not hold: a plain attribute and a non-persistent buffer."""
 

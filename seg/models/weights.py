@@ -87,6 +87,7 @@ def load_strict(
     state: Mapping[str, torch.Tensor],
     source: str,
     ignore: tuple[str, ...] = HEAD_PREFIXES,
+    assign: bool = False,
 ) -> None:
     """Load ``state`` into ``module`` strictly, ignoring only keys under ``ignore``.
 
@@ -96,12 +97,16 @@ def load_strict(
         source: Where ``state`` came from, for the error message.
         ignore: Key prefixes dropped from ``state`` first: ImageNet classifier heads by default
             (pretrained encoders); ``()`` for a whole trained net.
+        assign: Make ``state``'s tensors the module's own (each in the dtype of the tensor it
+            replaces) instead of copying them into it: for a module built on the meta device,
+            which has no memory to copy into.
 
     Raises:
         CheckpointError: Keys are missing or unexpected, or a tensor shape differs.
     """
     state = {k: v for k, v in state.items() if not (ignore and k.startswith(ignore))}
-    expected = set(module.state_dict())
+    own = module.state_dict()
+    expected = set(own)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise CheckpointError(
@@ -110,7 +115,11 @@ def load_strict(
             f"{len(unexpected)} unexpected keys {unexpected[:5]}"
         )
     try:
-        nn.Module.load_state_dict(module, state, strict=True)
+        if assign:  # as a copy would: a bf16 checkpoint still gives the net's fp32
+            state = {
+                k: v.to(own[k].dtype) if v.shape == own[k].shape else v for k, v in state.items()
+            }
+        nn.Module.load_state_dict(module, state, strict=True, assign=assign)
     except RuntimeError as err:  # shape mismatch
         first = str(err).strip().splitlines()[-1].strip()
         raise CheckpointError(
