@@ -7,7 +7,9 @@ optimizer, the rest). Reference arm: fp32, NCHW, the reference's loss and SGD gr
 ``SegmentationModule`` of ``conf/model/tv_fcn_resnet50.yaml`` (its channels_last forward, its
 loss with the aux term, the optimizer of ``conf/optimizer/sgd.yaml``) under bf16 autocast, as
 ``Trainer`` with ``precision=bf16-mixed`` runs it, without Lightning's loop around it.
-Prints a Markdown table: seconds and share of each group per arm, and their ratio::
+Prints a Markdown table: seconds and share of each group per arm, and their ratio, then the
+rate of each arm's convolutions (their FLOPs, 3 x the forward's for a training step, over their
+time) against the matmul rate of its precision measured in the same run: what bounds the ratio::
 
     python bench/peer_profile.py --crop 480 --batch 2 --threads 1
 """
@@ -23,7 +25,7 @@ import peer
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from timing import autocast, compose_train, random_batch
+from timing import autocast, compose_train, forward_flops, matmul_tflops, random_batch
 from torch.profiler import ProfilerActivity, profile
 from torchvision.models.segmentation import fcn_resnet50
 
@@ -101,6 +103,26 @@ def profile_step(step: Callable[[], None], warmup: int) -> tuple[float, Counter]
     return wall, groups
 
 
+def conv_rates(arms: dict[str, tuple[float, Counter]], x: torch.Tensor, bf16: bool) -> str:
+    """Markdown lines: each arm's convolution GFLOP/s against its precision's matmul rate."""
+    model = fcn_resnet50(
+        weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=True
+    )
+    flops = 3 * forward_flops(model, tuple(x.shape))  # forward + backward (input and weight)
+    fp32 = matmul_tflops(torch.float32, "cpu", 2048)
+    ours = ("bf16", matmul_tflops(torch.bfloat16, "cpu", 2048)) if bf16 else ("fp32", fp32)
+    rates = {"reference": ("fp32", fp32), "seg": ours}
+    lines = []
+    for arm, (precision, peak) in rates.items():
+        achieved = flops / arms[arm][1]["convolution"] / 1e12
+        lines.append(
+            f"- {arm}: convolutions at {achieved * 1e3:.0f} GFLOP/s, {achieved / peak:.0%} of the "
+            f"{precision} matmul rate ({peak * 1e3:.0f} GFLOP/s, n = 2048, this run)"
+        )
+    lines.append(f"- {ours[0]} / fp32 matmul rate: {ours[1] / fp32:.2f}x")
+    return "\n".join(lines)
+
+
 def table(arms: dict[str, tuple[float, Counter]]) -> str:
     """Markdown: seconds and share per group for each arm, and reference / seg."""
     (ref_wall, ref), (seg_wall, ours) = arms["reference"], arms["seg"]
@@ -144,6 +166,8 @@ def main() -> None:
         "warm-up steps:\n"
     )
     print(table(arms))
+    print()
+    print(conv_rates(arms, x, bf16))
 
 
 if __name__ == "__main__":

@@ -104,3 +104,18 @@ def test_train_compile_adds_the_compiled_peer(tmp_path: Path) -> None:
     assert peer["compiled"] and len(peer["seg_loss"]) == peer["steps"]
     assert "seg compiled (auto at its length)" in (tmp_path / "results.md").read_text()
     assert "vs seg defaults with model.compile=true" in (tmp_path / "results.md").read_text()
+
+
+def test_peer_profile_prints_the_groups_and_what_bounds_the_ratio() -> None:
+    """``bench/peer_profile.py`` as bench/README runs it, at a tiny size: both arms profiled,
+    every operator in a group, and each arm's convolution rate against its matmul rate."""
+    cmd = [sys.executable, "bench/peer_profile.py", "--crop", "64", "--batch", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| convolution |")]
+    assert len(rows) == 1
+    ref_s, seg_s = (float(rows[0].split("|")[i]) for i in (2, 4))
+    assert ref_s > 0 and seg_s > 0
+    rates = [line for line in proc.stdout.splitlines() if "convolutions at" in line]
+    assert [line.split(":")[0] for line in rates] == ["- reference", "- seg"]
+    assert "/ fp32 matmul rate:" in proc.stdout
