@@ -66,9 +66,16 @@ def photos(tmp_path_factory: pytest.TempPathFactory, sample_root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def inductor_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """One on-disk inductor cache for the module: the tests compile the same graph (same net,
-    shape and precision), so every run after the first reads the cached kernels."""
-    return {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path_factory.mktemp("inductor"))}
+    """One on-disk inductor cache for the module, where seg puts it by default
+    (``$XDG_CACHE_HOME/seg/inductor``, here in a temporary folder): the tests compile the same
+    graph (same net, shape and precision), so every run after the first reads the cached
+    kernels."""
+    return {"XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
+
+
+def seg_cache(env: dict[str, str]) -> Path:
+    """seg's default inductor cache under the ``XDG_CACHE_HOME`` of ``env``."""
+    return Path(env["XDG_CACHE_HOME"]) / "seg" / "inductor"
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +190,7 @@ def test_compiled_probabilities_and_masks_equal_eager(
     checkpoint: Path, photos: Path, inductor_cache: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through the Python API: the probabilities and every mask, bit for bit."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductor_cache["TORCHINDUCTOR_CACHE_DIR"])
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(seg_cache(inductor_cache)))  # restored
     eager = seg.load(checkpoint, ["inference.compile=false"], device="cpu")
     compiled = seg.load(checkpoint, ["inference.compile=true"], device="cpu")
     assert isinstance(compiled.runner, Bucketed) and not isinstance(eager.runner, Bucketed)
@@ -195,9 +202,16 @@ def test_compiled_probabilities_and_masks_equal_eager(
 
 
 def test_predict_py_compiled_writes_the_eager_masks(
-    checkpoint: Path, photos: Path, inductor_cache: dict, tmp_path: Path
+    checkpoint: Path,
+    photos: Path,
+    inductor_cache: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """As the user runs it (default bucket and precision): the PNG masks equal eager's."""
+    """As the user runs it (default bucket and precision): the PNG masks equal eager's, and the
+    compiled kernels land in seg's cache (importing torch._dynamo had pointed inductor at
+    /tmp instead, which a reboot wipes)."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # as in a user's shell
     common = [f"ckpt={checkpoint}", f"input={photos}"]
     run_entry("predict.py", *common, f"output={tmp_path}/eager", "inference.compile=false")
     proc = run_entry(
@@ -209,6 +223,8 @@ def test_predict_py_compiled_writes_the_eager_masks(
     )
     assert "4 written" in proc.stdout
     assert "No CUDA runtime" not in proc.stderr  # torch's notice, noise for a CPU compile
+    assert str(seg_cache(inductor_cache)) in proc.stdout + proc.stderr  # the log line says
+    assert any(p.is_file() for p in seg_cache(inductor_cache).rglob("*"))
     pngs = sorted((tmp_path / "eager").glob("*.png"))
     assert len(pngs) == 4
     for png in pngs:
@@ -220,9 +236,14 @@ def test_predict_py_compiled_writes_the_eager_masks(
 
 @pytest.mark.slow  # 85 s; evaluate.py runs the net prepare_net returns, as predict.py does
 def test_evaluate_py_compiled_scores_as_eager(
-    checkpoint: Path, photos: Path, inductor_cache: dict, tmp_path: Path
+    checkpoint: Path,
+    photos: Path,
+    inductor_cache: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """evaluate.py compiles in its test pass when told (inference.compile=true): same scores."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # seg's cache, as predict's
     scores = {}
     for mode in ("false", "true"):
         run_entry(

@@ -161,10 +161,20 @@ def inductor_options(device: torch.device) -> dict[str, Any]:
 
 
 def use_cache_dir() -> Path:
-    """Point inductor's on-disk cache at ``~/.cache/seg/inductor`` unless
-    ``TORCHINDUCTOR_CACHE_DIR`` says otherwise; returns the folder."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "seg" / "inductor"
-    folder = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default)))
+    """Point inductor's on-disk cache at ``~/.cache/seg/inductor`` unless the user set
+    ``TORCHINDUCTOR_CACHE_DIR``; returns the folder.
+
+    Importing ``torch._dynamo`` (Lightning does, and so does compiling) writes torch's own
+    default, ``/tmp/torchinductor_<user>``, into the environment, where a reboot wipes it: that
+    value counts as unset.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # no torch imports
+
+    ours = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "seg" / "inductor"
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not current or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = current = str(ours)
+    folder = Path(current)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -198,12 +208,13 @@ def prepare_net(
     eager = Bf16Weights(net, cfg.channels_last, inplace=owned) if cfg.autocast else net
     if not compile_:
         return eager
+    cache = use_cache_dir()  # before torch._dynamo's import writes torch's default
     import torch._dynamo
 
     for key in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
         if hasattr(torch._dynamo.config, key):
             setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), MAX_SHAPES))
-    cache, device = use_cache_dir(), device_of(eager)
+    device = device_of(eager)
     quiet_cuda_notice(device.type)
     log.info(
         "compiling the net for inference (inductor, freezing; shape buckets of %s px; cache %s); "
